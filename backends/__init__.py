@@ -1,0 +1,1 @@
+"""Model backends behind the gateway: llamacpp (dev), paged (prod), remote (upstream servers)."""

@@ -1,0 +1,151 @@
+"""The seam between the gateway and every backend: typed requests in, typed chunks out.
+
+Nothing here imports torch or the HTTP stack, so both sides can depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, Protocol, runtime_checkable
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # the client went away or the server is shutting down
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick tokens. The gateway resolves defaults, so every field here is concrete."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None  # None: off; k: the chosen token's logprob plus the top k
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+# Names of SamplingParams fields a backend may not support, as the API spells them.
+OPTIONAL_FEATURES: Mapping[str, str] = {
+    "logprobs": "logprobs",
+    "logit_bias": "logit_bias",
+    "ignore_eos": "ignore_eos",
+    "min_tokens": "min_tokens",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (token_id, token text, logprob), best first
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """What one generation produced since the previous chunk.
+
+    `text` is already safe to show: complete UTF-8 only, stop strings cut off.
+    `finish_reason` is set on the last chunk of a generation, and only there.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+class BackendError(Exception):
+    """A request the backend refuses; the gateway maps subclasses to protocol errors."""
+
+
+class QueueFullError(BackendError):
+    def __init__(self, model: str, retry_after_s: int = 1) -> None:
+        super().__init__(f"model {model!r} is at capacity: its request queue is full, retry later")
+        self.retry_after_s = retry_after_s
+
+
+class BackendUnavailableError(BackendError):
+    """The backend is shutting down or failed to load."""
+
+
+class GenerationStream(Protocol):
+    """The chunks of one admitted request (backends.streams.RequestStream implements it)."""
+
+    def __aiter__(self) -> AsyncIterator[GenerationChunk]: ...
+
+    async def __anext__(self) -> GenerationChunk: ...
+
+    def abort(self) -> None:
+        """Stop the request now and free what it holds; safe to call at any time, more than once."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One loaded model. Implementations: backends.llamacpp, backends.paged."""
+
+    kind: ClassVar[str]  # "llamacpp", "paged", ... sent as x-tandem-backend
+    unsupported_features: ClassVar[frozenset[str]]  # keys of OPTIONAL_FEATURES it cannot honour
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; special-token text (e.g. <|im_start|>) becomes the special token.
+
+        add_special_tokens: prepend BOS where the model wants one (completions); chat prompts pass
+        False because the rendered template already carries its own BOS text.
+        """
+        ...
+
+    def apply_chat_template(self, messages: list[ChatMessage]) -> str:
+        """The model's own chat template, rendered with the generation prompt appended."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> GenerationStream:
+        """Admit the request and return its stream of chunks.
+
+        Admission happens at the call, not at the first iteration: a full queue raises QueueFullError
+        here, before any HTTP response has started. Closing the stream early (or dropping it) aborts
+        the request and frees what it held.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The dev backend: GGUF models in-process on llama.cpp."""

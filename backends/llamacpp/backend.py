@@ -1,0 +1,126 @@
+"""The dev backend: one GGUF model in-process on llama.cpp, one request at a time on a worker thread.
+
+Requests wait in a bounded FIFO and never share or interrupt each other's context (llama-cpp-python's
+own server cancels a running request when a new one arrives; we do not). The event loop never runs
+llama.cpp: tokens cross from the worker thread through a ChunkSink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from backends.base import (
+    BackendUnavailableError,
+    ChatMessage,
+    GenerationRequest,
+    QueueFullError,
+)
+from backends.chat_template import ChatTemplate, ChatTemplateError
+from backends.llamacpp.session import LlamaSession
+from backends.streams import ChunkSink, RequestStream
+
+logger = logging.getLogger("tandem.llamacpp")
+
+
+@dataclass(slots=True)
+class _Job:
+    request: GenerationRequest
+    sink: ChunkSink
+
+
+class LlamaCppBackend:
+    kind: ClassVar[str] = "llamacpp"
+    unsupported_features: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self, session: LlamaSession, model_name: str, max_queued: int, retry_after_s: int = 1
+    ) -> None:
+        self._session = session
+        self._model_name = model_name
+        self._max_admitted = max_queued + 1  # the running request plus those waiting
+        self._retry_after_s = retry_after_s
+        self._admitted = 0
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        source = session.chat_template_source
+        self._template = ChatTemplate(source, session.bos_text, session.eos_text) if source else None
+        self._worker = threading.Thread(target=self._work, name=f"llamacpp-{model_name}", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        model_name: str,
+        context_length: int | None,
+        max_queued: int,
+        threads: int | None = None,
+        retry_after_s: int = 1,
+    ) -> LlamaCppBackend:
+        started = time.perf_counter()
+        session = LlamaSession.open(
+            path, context_length=context_length, threads=threads or os.cpu_count() or 1
+        )
+        logger.info("loaded %s from %s in %.2fs", model_name, path, time.perf_counter() - started)
+        return cls(session, model_name, max_queued, retry_after_s)
+
+    @property
+    def context_length(self) -> int:
+        return self._session.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._session.vocab_size
+
+    @property
+    def queue_depth(self) -> int:
+        return self._admitted
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self._session.tokenize(text, add_special_tokens=add_special_tokens)
+
+    def apply_chat_template(self, messages: list[ChatMessage]) -> str:
+        if self._template is None:
+            raise ChatTemplateError(
+                f"model {self._model_name!r} has no chat template in its GGUF metadata; use /v1/completions"
+            )
+        return self._template.render(messages)
+
+    def generate(self, request: GenerationRequest) -> RequestStream:
+        if self._closed:
+            raise BackendUnavailableError(f"model {self._model_name!r} is shutting down")
+        with self._lock:
+            if self._admitted >= self._max_admitted:
+                raise QueueFullError(self._model_name, self._retry_after_s)
+            self._admitted += 1
+        sink = ChunkSink(asyncio.get_running_loop())
+        self._jobs.put(_Job(request, sink))
+        return RequestStream(sink)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if not job.sink.cancelled:
+                    self._session.run(job.request, job.sink)
+            except Exception as exc:  # the request fails, the worker and the model live on
+                logger.exception("generation failed for %s", job.request.request_id)
+                job.sink.put(BackendUnavailableError(f"generation failed: {exc}"))
+            finally:
+                with self._lock:
+                    self._admitted -= 1
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._jobs.put(None)
+        await asyncio.to_thread(self._worker.join)
+        self._session.close()

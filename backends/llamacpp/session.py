@@ -1,0 +1,130 @@
+"""One llama.cpp context and the token loop that runs a request on it (worker thread only)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from backends.base import FinishReason, GenerationChunk, GenerationRequest, TokenLogprob
+from backends.llamacpp.sampler import SampledToken, SequenceSampler
+from backends.streams import ChunkSink
+from backends.text_stream import TextAssembler
+
+
+class LlamaSession:
+    def __init__(self, llm: llama_cpp.Llama) -> None:
+        self._llm = llm
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm.n_vocab()
+        self._eos_ids = frozenset(
+            t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
+        )
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._piece_cache: dict[int, bytes] = {}
+
+    @classmethod
+    def open(cls, path: Path, *, context_length: int | None, threads: int) -> LlamaSession:
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=context_length or 0,  # 0: the model's trained context
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        return cls(llm)
+
+    @property
+    def context_length(self) -> int:
+        return self._llm.n_ctx()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    @property
+    def chat_template_source(self) -> str | None:
+        return self._llm.metadata.get("tokenizer.chat_template")
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    @property
+    def bos_text(self) -> str:
+        return self._special_text(self._llm.token_bos())
+
+    @property
+    def eos_text(self) -> str:
+        return self._special_text(self._llm.token_eos())
+
+    def tokenize(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return self._llm.tokenize(
+            text.encode("utf-8"), add_bos=add_special_tokens and self._add_bos, special=True
+        )
+
+    def close(self) -> None:
+        self._llm.close()
+
+    def _token_bytes(self, token: int) -> bytes:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            piece = self._piece_cache[token] = self._llm.detokenize([token], special=False)
+        return piece
+
+    def _token_text(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def _eval_prompt(self, prompt: list[int]) -> None:
+        """Evaluate the prompt, reusing the KV of the longest prefix shared with the previous request."""
+        llm = self._llm
+        shared = 0
+        limit = min(llm.n_tokens, len(prompt) - 1)  # always evaluate >= 1 token to get fresh logits
+        previous = llm.input_ids
+        while shared < limit and previous[shared] == prompt[shared]:
+            shared += 1
+        llm.n_tokens = shared  # eval() drops the KV cache beyond n_tokens
+        llm.eval(prompt[shared:])
+
+    def _logits(self) -> np.ndarray:
+        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        return np.ctypeslib.as_array(
+            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,)
+        )
+
+    def _logprob(self, sampled: SampledToken) -> TokenLogprob:
+        return TokenLogprob(
+            token_id=sampled.token_id,
+            token=self._token_text(sampled.token_id),
+            logprob=sampled.logprob if sampled.logprob is not None else 0.0,
+            top=tuple((t, self._token_text(t), lp) for t, lp in sampled.top),
+        )
+
+    def run(self, request: GenerationRequest, sink: ChunkSink) -> None:
+        params = request.sampling
+        sampler = SequenceSampler(params, request.prompt_token_ids, self._n_vocab, self._eos_ids)
+        stop_ids = self._eos_ids | set(params.stop_token_ids)
+        assembler = TextAssembler(params.stop)
+        self._eval_prompt(request.prompt_token_ids)
+        generated = 0
+        while not sink.cancelled:
+            sampled = sampler.sample(self._logits())
+            token = sampled.token_id
+            generated += 1
+            logprobs = [self._logprob(sampled)] if params.logprobs is not None else None
+            finish: FinishReason | None = None
+            if token in stop_ids and not (params.ignore_eos and token in self._eos_ids):
+                text, finish = assembler.finish(), FinishReason.STOP
+            else:
+                text = assembler.push(self._token_bytes(token))
+                if assembler.stopped:
+                    finish = FinishReason.STOP
+                elif generated >= params.max_tokens:
+                    text, finish = text + assembler.finish(), FinishReason.LENGTH
+            sink.put(GenerationChunk(text=text, token_ids=[token], finish_reason=finish, logprobs=logprobs))
+            if finish is not None:
+                return
+            self._llm.eval([token])

@@ -1,0 +1,1 @@
+"""Remote OpenAI-compatible upstreams through litellm (not implemented yet)."""

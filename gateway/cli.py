@@ -1,0 +1,154 @@
+"""The `tandem` command: serve, models, make-tiny-model, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.config import ConfigError, Profile, load_config, select_profile
+from gateway.settings import Settings
+
+logger = logging.getLogger("tandem")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: value
+        for key in ("config", "profile", "host", "port")
+        if (value := getattr(args, key, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def _profile(settings: Settings) -> tuple[str, Profile, str]:
+    config, source = load_config(settings.config)
+    name, profile = select_profile(config, source, settings.profile)
+    return name, profile, source
+
+
+async def _serve(settings: Settings, profile_name: str, profile: Profile, source: str) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.registry import load_registry
+
+    registry = await load_registry(profile, profile_name, settings, source)
+    app = create_app(settings, registry)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    names = ", ".join(f"{m.spec.name} ({m.backend.kind})" for m in registry) or "none"
+    logger.info("profile %r from %s: serving %s", profile_name, source, names)
+    logger.info("OpenAI-compatible endpoint: http://%s:%d/v1", settings.host, settings.port)
+    await server.serve()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    profile_name, profile, source = _profile(settings)
+    asyncio.run(_serve(settings, profile_name, profile, source))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    profile_name, profile, source = _profile(settings)
+    print(f"profile {profile_name!r} ({source})")
+    if not profile.models:
+        print("  no models configured")
+    rows = [("NAME", "BACKEND", "ALIASES", "PATH")]
+    for spec in profile.models:
+        path = str(spec.resolved_path()) if spec.path else "-"
+        if spec.path and not spec.resolved_path().exists():
+            path += " (generated on first serve)" if spec.demo else " (missing)"
+        rows.append((spec.name, spec.backend, ",".join(spec.aliases) or "-", path))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows if profile.models else []:
+        print(
+            "  "
+            + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+            + "  "
+            + row[3]
+        )
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from backends.tiny_model import make_tiny_model
+
+    model = make_tiny_model(Path(args.out_dir), arch=args.arch, seed=args.seed)
+    print(f"GGUF:                    {model.gguf_path}")
+    print(f"Hugging Face checkpoint: {model.hf_dir}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_kind == "throughput":
+        from bench.throughput import main as throughput
+
+        return throughput(args.bench_args)
+    print(f"unknown benchmark {args.bench_kind!r}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--config", type=Path, help="YAML config (default config/tandem.yaml; env TANDEM_CONFIG)"
+        )
+        sub.add_argument(
+            "--profile", help="profile to use (default env TANDEM_PROFILE, else the file's profile:)"
+        )
+
+    serve = commands.add_parser("serve", help="serve the active profile's models over HTTP")
+    with_config(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; env TANDEM_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000; env TANDEM_PORT)")
+    serve.set_defaults(handler=cmd_serve)
+
+    models = commands.add_parser("models", help="list the configured models and their backends")
+    with_config(models)
+    models.set_defaults(handler=cmd_models)
+
+    tiny = commands.add_parser("make-tiny-model", help="write tandem's random-weight model (HF + GGUF)")
+    tiny.add_argument("out_dir", help="writes OUT_DIR/hf/ and OUT_DIR/model.gguf")
+    tiny.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=cmd_make_tiny_model)
+
+    bench = commands.add_parser("bench", help="benchmarks (tandem bench throughput --help)")
+    bench.add_argument("bench_kind", choices=["throughput"])
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        level = Settings().log_level
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"tandem: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a TANDEM_* setting
+        for error in exc.errors():
+            name = "TANDEM_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"tandem: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

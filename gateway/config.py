@@ -1,0 +1,166 @@
+"""The user-facing YAML config: profiles of models. Errors name the file, the key and what is wrong."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path("config/tandem.yaml")
+BUILTIN_CONFIG_NAME = "<built-in default>"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
+class ConfigError(Exception):
+    """A config problem, rendered as `FILE: KEY: what is wrong` (one line per problem)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(
+            "\n".join(f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems)
+        )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelParameters(_Strict):
+    """Default sampling parameters of a model (Modelfile PARAMETER); a request's own values win."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    seed: int | None = None
+    stop: list[str] | None = None
+
+
+class ModelSpec(_Strict):
+    name: str = Field(description="what clients send as `model`")
+    backend: Literal["llamacpp", "paged", "remote"]
+    path: str | None = Field(None, description="GGUF file (llamacpp) or Hugging Face checkpoint dir (paged)")
+    aliases: list[str] = Field(default_factory=list)
+    context_length: int | None = Field(None, gt=0)
+    system: str | None = Field(None, description="default system prompt (Modelfile SYSTEM)")
+    parameters: ModelParameters = Field(default_factory=ModelParameters)
+    demo: bool = Field(False, description="generate tandem's random-weight demo model at `path` if missing")
+    engine: dict[str, Any] | None = Field(None, description="paged engine settings (backend: paged only)")
+
+    @field_validator("name", "aliases")
+    @classmethod
+    def _check_names(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if not _NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a valid model name (letters, digits and ._:/@+- only)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_backend_fields(self) -> ModelSpec:
+        if self.backend in ("llamacpp", "paged") and not self.path:
+            raise ValueError(f"backend {self.backend!r} needs `path`")
+        if self.engine is not None and self.backend != "paged":
+            raise ValueError("`engine` settings apply to backend 'paged' only")
+        return self
+
+    def resolved_path(self) -> Path:
+        assert self.path is not None
+        return Path(os.path.expandvars(self.path)).expanduser()
+
+
+class Profile(_Strict):
+    models: list[ModelSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Profile:
+        seen: dict[str, str] = {}
+        for model in self.models:
+            for name in [model.name, *model.aliases]:
+                if name in seen:
+                    raise ValueError(
+                        f"model name or alias {name!r} is used twice ({seen[name]} and {model.name})"
+                    )
+                seen[name] = model.name
+        return self
+
+
+class TandemConfig(_Strict):
+    profile: str = "dev"
+    profiles: dict[str, Profile]
+
+
+def _key_of(location: tuple[str | int, ...]) -> str:
+    key = ""
+    for part in location:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def parse_config(data: Any, source: str) -> TandemConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", "the file must hold a mapping with a `profiles:` key")])
+    try:
+        return TandemConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = tuple(
+                p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+            )
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append((_key_of(location), message))
+        raise ConfigError(source, problems) from None
+
+
+def builtin_config() -> TandemConfig:
+    """What tandem serves with no config file at all: the dev profile and the generated demo model."""
+    demo = ModelSpec(
+        name="tiny",
+        backend="llamacpp",
+        path="~/.cache/tandem/models/tiny/model.gguf",
+        aliases=["default"],
+        context_length=2048,
+        demo=True,
+    )
+    return TandemConfig(profile="dev", profiles={"dev": Profile(models=[demo]), "prod": Profile()})
+
+
+def load_config(path: Path | None) -> tuple[TandemConfig, str]:
+    """The config and the name of where it came from. `path` None: config/tandem.yaml, else built-in."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.is_file():
+            return builtin_config(), BUILTIN_CONFIG_NAME
+        path = DEFAULT_CONFIG_PATH
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read the config file: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [("", f"{where}not valid YAML ({getattr(exc, 'problem', exc)})")]) from None
+    return parse_config(data, source), source
+
+
+def select_profile(config: TandemConfig, source: str, requested: str | None) -> tuple[str, Profile]:
+    """The active profile: `requested` (flag or TANDEM_PROFILE) if given, else the file's `profile:`."""
+    name = requested or config.profile
+    if name not in config.profiles:
+        known = ", ".join(sorted(config.profiles)) or "none"
+        key = "profile" if requested is None else "profiles"
+        raise ConfigError(source, [(key, f"profile {name!r} is not defined (defined: {known})")])
+    return name, config.profiles[name]

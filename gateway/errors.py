@@ -1,0 +1,120 @@
+"""Every failure leaves as an OpenAI error envelope: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backends.base import BackendUnavailableError, QueueFullError
+from gateway.openai_protocol import ErrorBody, ErrorResponse
+
+logger = logging.getLogger("tandem.gateway")
+
+
+class APIError(Exception):
+    """An error with its HTTP status and OpenAI envelope fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(message=message, type=type, param=param, code=code)
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            ErrorResponse(error=self.body).model_dump(), status_code=self.status, headers=self.headers
+        )
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _param_of(location: tuple[str | int, ...]) -> str | None:
+    parts = [p for p in location if p != "body"]
+    # pydantic names union members and type tags in locations ("str", "list[...]", "function-after[...]")
+    parts = [p for p in parts if isinstance(p, int) or ("[" not in p and p not in ("str", "int", "float"))]
+    if not parts:
+        return None
+    param = ""
+    for part in parts:
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else part)
+    return param
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first["type"] == "json_invalid":
+        return bad_request(
+            f"We could not parse the JSON body of your request: {first.get('ctx', {}).get('error', '')}"
+        )
+    param = _param_of(tuple(first["loc"]))
+    if first["type"] == "extra_forbidden":
+        return bad_request(f"Unrecognized request argument supplied: {param}", param=param)
+    if first["type"] == "missing":
+        return bad_request(f"Missing required parameter: '{param}'.", param=param)
+    if first["type"] == "model_attributes_type":
+        return bad_request("The request body must be a JSON object.")
+    message = first["msg"].removeprefix("Value error, ")
+    return bad_request(f"Invalid value for '{param}': {message}", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(_: Request, exc: QueueFullError) -> JSONResponse:
+        return APIError(
+            503,
+            str(exc),
+            type="server_overloaded",
+            code="queue_full",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ).response()
+
+    @app.exception_handler(BackendUnavailableError)
+    async def _unavailable(_: Request, exc: BackendUnavailableError) -> JSONResponse:
+        return APIError(503, str(exc), type="server_error", code="backend_unavailable").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return APIError(exc.status_code, message, type=kind, headers=dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error while serving a request")
+        return APIError(
+            500, "The server had an error while processing your request.", type="server_error"
+        ).response()

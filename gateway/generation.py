@@ -1,0 +1,207 @@
+"""From an OpenAI request to backend GenerationRequests: prompt, defaults, limits, capability checks."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from backends.base import ChatMessage, GenerationRequest, SamplingParams
+from backends.chat_template import ChatTemplateError
+from gateway.errors import APIError, bad_request
+from gateway.openai_protocol import (
+    UNSUPPORTED_CHAT_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    _SamplingFields,
+)
+from gateway.registry import ServedModel
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedGeneration:
+    """The n backend requests of one API call; they share the prompt."""
+
+    requests: list[GenerationRequest]
+    prompt_tokens: int
+
+    @property
+    def n(self) -> int:
+        return len(self.requests)
+
+
+def _context_error(context: int, prompt: int, max_tokens: int | None) -> APIError:
+    asked = f" and {max_tokens} in the completion" if max_tokens else ""
+    return bad_request(
+        f"This model's maximum context length is {context} tokens. However, you requested "
+        f"{prompt + (max_tokens or 0)} tokens ({prompt} in the prompt{asked}). "
+        "Please reduce the length of the prompt or the completion.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+def _check_features(request: _SamplingFields, model: ServedModel, logprobs: int | None) -> None:
+    used = {
+        "logprobs": logprobs is not None,
+        "logit_bias": bool(request.logit_bias),
+        "ignore_eos": request.ignore_eos,
+        "min_tokens": request.min_tokens > 0,
+    }
+    for feature, in_use in used.items():
+        if in_use and feature in model.backend.unsupported_features:
+            raise bad_request(
+                f"'{feature}' is not supported by backend '{model.backend.kind}' "
+                f"serving '{model.spec.name}'.",
+                param=feature,
+                code="unsupported_parameter",
+            )
+
+
+def _logit_bias(request: _SamplingFields) -> dict[int, float]:
+    bias: dict[int, float] = {}
+    for key, value in (request.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise bad_request(f"Invalid logit_bias key {key!r}: keys must be token ids.", param="logit_bias")
+        bias[int(key)] = value
+    return bias
+
+
+def _check_bias_range(bias: dict[int, float], vocab_size: int) -> None:
+    for token in bias:
+        if not 0 <= token < vocab_size:
+            raise bad_request(
+                f"Invalid logit_bias key {token}: not a token id of this model.", param="logit_bias"
+            )
+
+
+def _sampling(
+    request: _SamplingFields,
+    model: ServedModel,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    logprobs: int | None,
+    seed: int | None,
+) -> SamplingParams:
+    context = model.backend.context_length
+    if prompt_tokens >= context or (max_tokens is not None and prompt_tokens + max_tokens > context):
+        raise _context_error(context, prompt_tokens, max_tokens)
+    defaults = model.spec.parameters
+    room = context - prompt_tokens
+    if max_tokens is None:
+        max_tokens = min(defaults.max_tokens or room, room)
+
+    def pick(name: str, fallback: float) -> float:
+        value = getattr(request, name)
+        if value is None:
+            value = getattr(defaults, name)
+        return fallback if value is None else value
+
+    top_k = int(pick("top_k", 0))
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=pick("temperature", 1.0),
+        top_p=pick("top_p", 1.0),
+        top_k=max(top_k, 0),  # vLLM spells "disabled" as -1
+        min_p=pick("min_p", 0.0),
+        seed=seed,
+        stop=tuple(request.stop_list() if request.stop is not None else (defaults.stop or [])),
+        presence_penalty=pick("presence_penalty", 0.0),
+        frequency_penalty=pick("frequency_penalty", 0.0),
+        repetition_penalty=pick("repetition_penalty", 1.0),
+        logprobs=logprobs,
+        logit_bias=_logit_bias(request),
+        ignore_eos=request.ignore_eos,
+        min_tokens=min(request.min_tokens, max_tokens),
+    )
+
+
+def _fan_out(
+    request: _SamplingFields,
+    model: ServedModel,
+    prompt_ids: list[int],
+    max_tokens: int | None,
+    logprobs: int | None,
+) -> PreparedGeneration:
+    _check_features(request, model, logprobs)
+    _check_bias_range(_logit_bias(request), model.backend.vocab_size)
+    seed = request.seed if request.seed is not None else model.spec.parameters.seed
+    base_id = uuid.uuid4().hex
+    requests = [
+        GenerationRequest(
+            request_id=f"{base_id}-{i}",
+            prompt_token_ids=prompt_ids,
+            # each of the n choices gets its own stream of randomness, reproducible from the seed
+            sampling=_sampling(
+                request, model, len(prompt_ids), max_tokens, logprobs, None if seed is None else seed + i
+            ),
+        )
+        for i in range(request.n)
+    ]
+    return PreparedGeneration(requests, len(prompt_ids))
+
+
+def prepare_chat(request: ChatCompletionRequest, model: ServedModel) -> PreparedGeneration:
+    for name in UNSUPPORTED_CHAT_FIELDS:
+        if getattr(request, name) is not None:
+            raise bad_request(
+                f"'{name}' is not supported by tandem yet.", param=name, code="unsupported_parameter"
+            )
+    if request.response_format is not None and request.response_format.type != "text":
+        raise bad_request(
+            "response_format json_object/json_schema is not supported yet.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    messages = [
+        ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
+        for m in request.messages
+    ]
+    if model.spec.system is not None and not any(m.role == "system" for m in messages):
+        messages.insert(0, ChatMessage(role="system", content=model.spec.system))
+    try:
+        prompt = model.backend.apply_chat_template(messages)
+    except ChatTemplateError as exc:
+        raise bad_request(str(exc), param="messages") from None
+    prompt_ids = model.backend.tokenize(prompt, add_special_tokens=False)
+    logprobs = None
+    if request.logprobs:
+        logprobs = request.top_logprobs or 0
+    elif request.top_logprobs is not None:
+        raise bad_request("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    return _fan_out(request, model, prompt_ids, max_tokens, logprobs)
+
+
+def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
+    """The prompts of a completions request: a string, token ids, or a batch of either."""
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("'prompt' must not be empty.", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    return list(prompt)  # type: ignore[arg-type]
+
+
+def prepare_completion(
+    request: CompletionRequest, model: ServedModel, prompt: str | list[int]
+) -> PreparedGeneration:
+    if request.echo:
+        raise bad_request("'echo' is not supported yet.", param="echo", code="unsupported_parameter")
+    if request.suffix:
+        raise bad_request("'suffix' is not supported.", param="suffix", code="unsupported_parameter")
+    if request.best_of not in (None, request.n):
+        raise bad_request(
+            "'best_of' other than n is not supported.", param="best_of", code="unsupported_parameter"
+        )
+    if isinstance(prompt, str):
+        prompt_ids = model.backend.tokenize(prompt, add_special_tokens=True)
+    else:
+        vocab = model.backend.vocab_size
+        if any(not 0 <= t < vocab for t in prompt):
+            raise bad_request(f"Token ids in 'prompt' must be in [0, {vocab}).", param="prompt")
+        prompt_ids = prompt
+    if not prompt_ids:
+        raise bad_request("'prompt' must not be empty.", param="prompt")
+    return _fan_out(request, model, prompt_ids, request.max_tokens, request.logprobs)

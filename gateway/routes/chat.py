@@ -1,0 +1,121 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from backends.base import TokenLogprob
+from gateway.deps import RegistryDep, resolve_model
+from gateway.errors import APIError
+from gateway.generation import prepare_chat
+from gateway.openai_protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, sse, stream_error
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+
+def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=item.token,
+                logprob=item.logprob,
+                bytes=list(item.token.encode()),
+                top_logprobs=[
+                    TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for _, t, lp in item.top
+                ],
+            )
+            for item in items
+        ]
+    )
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, registry: RegistryDep
+) -> ChatCompletion | StreamingResponse:
+    model = resolve_model(registry, body.model, request)
+    prepared = prepare_chat(body, model)
+    generation = Generation(model.backend, prepared)
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        events = _stream(generation, body, model.spec.name, completion_id, created)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    async with generation:
+        results = await generation.collect(request)
+    completion_tokens = sum(r.completion_tokens for r in results)
+    return ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=model.spec.name,
+        choices=[
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content=r.text),
+                logprobs=chat_logprobs(r.logprobs) if body.logprobs else None,
+                finish_reason=r.finish_reason,
+            )
+            for i, r in enumerate(results)
+        ],
+        usage=Usage(
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prepared.prompt_tokens + completion_tokens,
+        ),
+    )
+
+
+async def _stream(
+    generation: Generation, body: ChatCompletionRequest, model_name: str, completion_id: str, created: int
+) -> AsyncIterator[str]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+        return sse(
+            ChatCompletionChunk(
+                id=completion_id, created=created, model=model_name, choices=choices, usage=usage
+            )
+        )
+
+    completion_tokens = 0
+    async with generation:
+        n = len(generation)
+        for i in range(n):
+            yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        try:
+            async for index, piece in generation.chunks():
+                completion_tokens += len(piece.token_ids)
+                logprobs = chat_logprobs(piece.logprobs) if body.logprobs and piece.logprobs else None
+                if piece.text or logprobs:
+                    delta = ChatDelta(content=piece.text)
+                    yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+                if piece.finish_reason is not None:
+                    reason = piece.finish_reason.value
+                    yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)])
+        except (APIError, Exception) as exc:
+            yield stream_error(exc)
+            return
+    if include_usage:
+        total = generation.prompt_tokens + completion_tokens
+        usage = Usage(
+            prompt_tokens=generation.prompt_tokens, completion_tokens=completion_tokens, total_tokens=total
+        )
+        yield chunk([], usage)
+    yield SSE_DONE

@@ -1,0 +1,110 @@
+"""POST /v1/completions (legacy text completions; a prompt may be a string, token ids, or a batch)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from backends.base import TokenLogprob
+from gateway.deps import RegistryDep, resolve_model
+from gateway.generation import PreparedGeneration, completion_prompts, prepare_completion
+from gateway.openai_protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
+from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, sse, stream_error
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+
+def completion_logprobs(items: list[TokenLogprob], text_offset: int = 0) -> CompletionLogprobs:
+    offsets = []
+    for item in items:
+        offsets.append(text_offset)
+        text_offset += len(item.token)
+    return CompletionLogprobs(
+        tokens=[item.token for item in items],
+        token_logprobs=[item.logprob for item in items],
+        top_logprobs=[{t: lp for _, t, lp in item.top} for item in items],
+        text_offset=offsets,
+    )
+
+
+@router.post("/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest, request: Request, registry: RegistryDep
+) -> Completion | StreamingResponse:
+    model = resolve_model(registry, body.model, request)
+    # a batch of prompts fans out to len(prompts) * n choices, numbered prompt-major as OpenAI does
+    parts = [prepare_completion(body, model, prompt) for prompt in completion_prompts(body)]
+    prepared = PreparedGeneration(
+        requests=[r for part in parts for r in part.requests],
+        prompt_tokens=sum(part.prompt_tokens for part in parts),
+    )
+    generation = Generation(model.backend, prepared)
+    completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    with_logprobs = body.logprobs is not None
+    if body.stream:
+        events = _stream(generation, body, model.spec.name, completion_id, created)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    async with generation:
+        results = await generation.collect(request)
+    completion_tokens = sum(r.completion_tokens for r in results)
+    return Completion(
+        id=completion_id,
+        created=created,
+        model=model.spec.name,
+        choices=[
+            CompletionChoice(
+                index=i,
+                text=r.text,
+                logprobs=completion_logprobs(r.logprobs) if with_logprobs else None,
+                finish_reason=r.finish_reason,
+            )
+            for i, r in enumerate(results)
+        ],
+        usage=Usage(
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prepared.prompt_tokens + completion_tokens,
+        ),
+    )
+
+
+async def _stream(
+    generation: Generation, body: CompletionRequest, model_name: str, completion_id: str, created: int
+) -> AsyncIterator[str]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+        return sse(
+            Completion(id=completion_id, created=created, model=model_name, choices=choices, usage=usage)
+        )
+
+    completion_tokens = 0
+    offsets = [0] * len(generation)
+    async with generation:
+        try:
+            async for index, piece in generation.chunks():
+                completion_tokens += len(piece.token_ids)
+                logprobs = None
+                if body.logprobs is not None and piece.logprobs:
+                    logprobs = completion_logprobs(piece.logprobs, offsets[index])
+                offsets[index] += len(piece.text)
+                reason = piece.finish_reason.value if piece.finish_reason is not None else None
+                if piece.text or logprobs or reason:
+                    choice = CompletionChoice(
+                        index=index, text=piece.text, logprobs=logprobs, finish_reason=reason
+                    )
+                    yield chunk([choice])
+        except Exception as exc:
+            yield stream_error(exc)
+            return
+    if include_usage:
+        total = generation.prompt_tokens + completion_tokens
+        usage = Usage(
+            prompt_tokens=generation.prompt_tokens, completion_tokens=completion_tokens, total_tokens=total
+        )
+        yield chunk([], usage)
+    yield SSE_DONE

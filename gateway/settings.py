@@ -1,0 +1,29 @@
+"""Process-wide settings (not per model): TANDEM_* environment variables, then CLI flags on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
+
+    config: Path | None = Field(None, description="YAML config file; default config/tandem.yaml")
+    profile: str | None = Field(None, description="profile to serve; default the file's `profile:` key")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    home: Path = Field(Path("~/.cache/tandem"), description="where tandem keeps generated models")
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    max_queued_requests: int = Field(
+        64, ge=0, description="per model, requests waiting behind the running ones; beyond it 503"
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 when a queue is full")
+    llamacpp_threads: int | None = Field(None, gt=0, description="llama.cpp threads; default all cores")
+
+    def resolved_home(self) -> Path:
+        return self.home.expanduser()

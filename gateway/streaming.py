@@ -1,0 +1,156 @@
+"""Running the n streams of one API call: admission, merging, collecting, and SSE framing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+from starlette.requests import Request
+
+from backends.base import Backend, GenerationChunk, GenerationStream, TokenLogprob
+from gateway.errors import APIError
+from gateway.generation import PreparedGeneration
+from gateway.openai_protocol import ErrorBody
+
+logger = logging.getLogger("tandem.gateway")
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.text += chunk.text
+        self.completion_tokens += len(chunk.token_ids)
+        if chunk.logprobs:
+            self.logprobs.extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason.value
+
+
+class Generation:
+    """Admits all n requests at once (so a full queue fails before any response starts) and streams them.
+
+    Use as an async context manager: leaving it, by completion, error or cancellation, aborts whatever is
+    still running in the backend.
+    """
+
+    def __init__(self, backend: Backend, prepared: PreparedGeneration) -> None:
+        self._streams: list[GenerationStream] = []
+        try:
+            for request in prepared.requests:
+                self._streams.append(backend.generate(request))
+        except BaseException:
+            self._abort()
+            raise
+        self.prompt_tokens = prepared.prompt_tokens
+
+    def _abort(self) -> None:
+        for stream in self._streams:
+            stream.abort()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for stream in self._streams:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def chunks(self) -> AsyncIterator[tuple[int, GenerationChunk]]:
+        """(choice index, chunk) as they arrive from any of the n streams."""
+        if len(self._streams) == 1:
+            async for chunk in self._streams[0]:
+                yield 0, chunk
+            return
+        merged: asyncio.Queue[tuple[int, GenerationChunk] | BaseException | None] = asyncio.Queue()
+
+        async def pump(index: int, stream: AsyncIterator[GenerationChunk]) -> None:
+            try:
+                async for chunk in stream:
+                    await merged.put((index, chunk))
+                await merged.put(None)
+            except Exception as exc:
+                await merged.put(exc)
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self._streams)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await merged.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def collect(self, request: Request) -> list[ChoiceResult]:
+        """Run to completion; if the client disconnects first, abort and stop waiting."""
+        results = [ChoiceResult() for _ in self._streams]
+
+        async def consume() -> None:
+            async for index, chunk in self.chunks():
+                results[index].add(chunk)
+
+        await run_until_disconnect(request, consume())
+        return results
+
+
+async def run_until_disconnect(request: Request, work: object) -> None:
+    task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise APIError(499, "client closed the request", code="client_disconnected")
+        task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+
+
+def sse(payload: BaseModel | dict) -> str:
+    body = payload.model_dump_json(exclude_none=False) if isinstance(payload, BaseModel) else _json(payload)
+    return f"data: {body}\n\n"
+
+
+def _json(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def stream_error(exc: BaseException) -> str:
+    """An error after the stream started: too late for a status code, so it goes in the stream."""
+    if isinstance(exc, APIError):
+        body = exc.body
+    else:
+        logger.error("generation failed mid-stream: %s", exc)
+        body = ErrorBody(message=str(exc) or "generation failed", type="server_error")
+    return sse({"error": body.model_dump()})
+
+
+SSE_DONE = "data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
