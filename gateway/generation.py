@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from backends.base import ChatMessage, GenerationRequest, SamplingParams
@@ -121,14 +120,14 @@ def _fan_out(
     prompt_ids: list[int],
     max_tokens: int | None,
     logprobs: int | None,
+    request_id: str,
 ) -> PreparedGeneration:
     _check_features(request, model, logprobs)
     _check_bias_range(_logit_bias(request), model.backend.vocab_size)
     seed = request.seed if request.seed is not None else model.spec.parameters.seed
-    base_id = uuid.uuid4().hex
     requests = [
         GenerationRequest(
-            request_id=f"{base_id}-{i}",
+            request_id=f"{request_id}-{i}",
             prompt_token_ids=prompt_ids,
             # each of the n choices gets its own stream of randomness, reproducible from the seed
             sampling=_sampling(
@@ -140,7 +139,7 @@ def _fan_out(
     return PreparedGeneration(requests, len(prompt_ids))
 
 
-def prepare_chat(request: ChatCompletionRequest, model: ServedModel) -> PreparedGeneration:
+def prepare_chat(request: ChatCompletionRequest, model: ServedModel, request_id: str) -> PreparedGeneration:
     for name in UNSUPPORTED_CHAT_FIELDS:
         if getattr(request, name) is not None:
             raise bad_request(
@@ -169,7 +168,7 @@ def prepare_chat(request: ChatCompletionRequest, model: ServedModel) -> Prepared
     elif request.top_logprobs is not None:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     max_tokens = request.max_completion_tokens or request.max_tokens
-    return _fan_out(request, model, prompt_ids, max_tokens, logprobs)
+    return _fan_out(request, model, prompt_ids, max_tokens, logprobs, request_id)
 
 
 def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
@@ -185,7 +184,7 @@ def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
 
 
 def prepare_completion(
-    request: CompletionRequest, model: ServedModel, prompt: str | list[int]
+    request: CompletionRequest, model: ServedModel, prompt: str | list[int], request_id: str
 ) -> PreparedGeneration:
     if request.echo:
         raise bad_request("'echo' is not supported yet.", param="echo", code="unsupported_parameter")
@@ -204,4 +203,4 @@ def prepare_completion(
         prompt_ids = prompt
     if not prompt_ids:
         raise bad_request("'prompt' must not be empty.", param="prompt")
-    return _fan_out(request, model, prompt_ids, request.max_tokens, request.logprobs)
+    return _fan_out(request, model, prompt_ids, request.max_tokens, request.logprobs, request_id)

@@ -110,8 +110,9 @@ class LlamaCppBackend:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
-                if not job.sink.cancelled:
-                    self._session.run(job.request, job.sink)
+                generated = 0 if job.sink.cancelled else self._session.run(job.request, job.sink)
+                if job.sink.cancelled:
+                    logger.info("request %s aborted after %d tokens", job.request.request_id, generated)
             except Exception as exc:  # the request fails, the worker and the model live on
                 logger.exception("generation failed for %s", job.request.request_id)
                 job.sink.put(BackendUnavailableError(f"generation failed: {exc}"))

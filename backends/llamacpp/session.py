@@ -103,7 +103,8 @@ class LlamaSession:
             top=tuple((t, self._token_text(t), lp) for t, lp in sampled.top),
         )
 
-    def run(self, request: GenerationRequest, sink: ChunkSink) -> None:
+    def run(self, request: GenerationRequest, sink: ChunkSink) -> int:
+        """Generate until finished or cancelled; returns the number of tokens generated."""
         params = request.sampling
         sampler = SequenceSampler(params, request.prompt_token_ids, self._n_vocab, self._eos_ids)
         stop_ids = self._eos_ids | set(params.stop_token_ids)
@@ -126,5 +127,6 @@ class LlamaSession:
                     text, finish = text + assembler.finish(), FinishReason.LENGTH
             sink.put(GenerationChunk(text=text, token_ids=[token], finish_reason=finish, logprobs=logprobs))
             if finish is not None:
-                return
+                break
             self._llm.eval([token])
+        return generated

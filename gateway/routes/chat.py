@@ -52,7 +52,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, registry: RegistryDep
 ) -> ChatCompletion | StreamingResponse:
     model = resolve_model(registry, body.model, request)
-    prepared = prepare_chat(body, model)
+    prepared = prepare_chat(body, model, request.state.request_id)
     generation = Generation(model.backend, prepared)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:

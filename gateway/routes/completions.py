@@ -37,7 +37,11 @@ async def create_completion(
 ) -> Completion | StreamingResponse:
     model = resolve_model(registry, body.model, request)
     # a batch of prompts fans out to len(prompts) * n choices, numbered prompt-major as OpenAI does
-    parts = [prepare_completion(body, model, prompt) for prompt in completion_prompts(body)]
+    prompts, request_id = completion_prompts(body), request.state.request_id
+    parts = [
+        prepare_completion(body, model, prompt, f"{request_id}-p{i}" if len(prompts) > 1 else request_id)
+        for i, prompt in enumerate(prompts)
+    ]
     prepared = PreparedGeneration(
         requests=[r for part in parts for r in part.requests],
         prompt_tokens=sum(part.prompt_tokens for part in parts),
