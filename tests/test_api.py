@@ -117,9 +117,8 @@ def test_stop_strings(server):
         if stream:
             pieces = list(result)
             got = "".join(c.choices[0].text for c in pieces if c.choices)
-            reason = [c.choices[0].finish_reason for c in pieces if c.choices and c.choices[0].finish_reason][
-                0
-            ]
+            finishes = [c.choices[0].finish_reason for c in pieces if c.choices]
+            reason = next(f for f in finishes if f)
         else:
             got, reason = result.choices[0].text, result.choices[0].finish_reason
         assert got == text[: text.index(stop)]

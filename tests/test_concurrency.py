@@ -13,7 +13,7 @@ from tests.conftest import model_entry, start_server
 
 PROMPTS = [
     f"Story number {i}: the {word}"
-    for i, word in enumerate("red blue green gold iron salt wind rain".split())
+    for i, word in enumerate(["red", "blue", "green", "gold", "iron", "salt", "wind", "rain"])
 ]
 
 
@@ -63,14 +63,14 @@ def _wait_for_log(server, pattern: str, timeout: float = 30) -> re.Match:
 
 def test_disconnect_mid_stream_aborts_and_frees_the_model(small_queue_server):
     server = small_queue_server
-    with httpx.Client(timeout=30) as client:
-        with client.stream(
-            "POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "gone"}
-        ) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            received = [line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data:")]
-            assert received
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "gone"}) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        received = [line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data:")]
+        assert received
         # leaving the block closed the connection mid-stream
     aborted = _wait_for_log(server, r"request gone-0 aborted after (\d+) tokens")
     assert int(aborted.group(1)) < 16000
@@ -89,26 +89,29 @@ def test_non_streaming_disconnect_aborts(small_queue_server):
 
 def test_full_queue_answers_503_with_retry_after(small_queue_server):
     server = small_queue_server
-    with httpx.Client(timeout=30) as running, httpx.Client(timeout=30) as waiting:
-        with running.stream(
+    with (
+        httpx.Client(timeout=30) as running,
+        httpx.Client(timeout=30) as waiting,
+        running.stream(
             "POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "q1"}
-        ) as first:
-            first_lines = first.iter_lines()  # keep a reference: dropping it closes the connection
-            next(first_lines)  # generating now
-            with waiting.stream(
-                "POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "q2"}
-            ) as second:
-                assert second.status_code == 200  # admitted, waiting behind the first
-                third = httpx.post(f"{server.v1}/completions", json={**LONG, "stream": False}, timeout=10)
-                assert third.status_code == 503, server.log()[-3000:]
-                assert third.headers["retry-after"] == "1"
-                assert third.json()["error"]["code"] == "queue_full"
-                streamed = httpx.post(
-                    f"{server.v1}/chat/completions",
-                    timeout=30,
-                    json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True},
-                )
-                assert streamed.status_code == 503  # refused before the stream starts, not inside it
+        ) as first,
+    ):
+        first_lines = first.iter_lines()  # keep a reference: dropping it closes the connection
+        next(first_lines)  # generating now
+        with waiting.stream(
+            "POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "q2"}
+        ) as second:
+            assert second.status_code == 200  # admitted, waiting behind the first
+            third = httpx.post(f"{server.v1}/completions", json={**LONG, "stream": False}, timeout=10)
+            assert third.status_code == 503, server.log()[-3000:]
+            assert third.headers["retry-after"] == "1"
+            assert third.json()["error"]["code"] == "queue_full"
+            streamed = httpx.post(
+                f"{server.v1}/chat/completions",
+                timeout=30,
+                json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            )
+            assert streamed.status_code == 503  # refused before the stream starts, not inside it
     # both long requests were dropped by their clients; once the server has noticed, the model serves again
     _wait_for_log(server, r"request q1-0 aborted")
     _wait_for_log(server, r"request q2-0 aborted")
