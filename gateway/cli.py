@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         level = Settings().log_level
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file it writes
         return args.handler(args)
     except ConfigError as exc:
         print(f"tandem: invalid configuration\n{exc}", file=sys.stderr)
