@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Protocol, runtime_checkable
 
+from backends.stats import BackendStats
+
 
 class FinishReason(StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
@@ -109,6 +111,10 @@ class GenerationStream(Protocol):
 
     def abort(self) -> None:
         """Stop the request now and free what it holds; safe to call at any time, more than once."""
+        ...
+
+    def stats(self) -> BackendStats:
+        """A snapshot for /metrics; cheap, callable from any thread."""
         ...
 
     async def aclose(self) -> None: ...

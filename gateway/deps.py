@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.errors import model_not_found
+from gateway.metrics import GatewayMetrics
 from gateway.registry import ModelRegistry, ServedModel
 from gateway.settings import Settings
 
@@ -19,7 +20,12 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -29,4 +35,5 @@ def resolve_model(registry: ModelRegistry, name: str, request: Request) -> Serve
     if model is None:
         raise model_not_found(name)
     request.state.tandem_backend = model.backend.kind
+    request.state.tandem_model = model.spec.name
     return model

@@ -7,10 +7,12 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError
+from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-tandem-backend"
 GATEWAY_BACKEND = "gateway"  # what x-tandem-backend says when no model backend was involved
+COUNTED_PREFIXES = ("/v1/", "/api/")  # API traffic; not /metrics, /health
 
 
 class BodyTooLargeError(APIError):
@@ -20,15 +22,11 @@ class BodyTooLargeError(APIError):
         )
 
 
-def set_backend(scope_state: object, backend_kind: str) -> None:
-    """Routes record which backend served the request; the header is added when the response starts."""
-    scope_state.tandem_backend = backend_kind  # type: ignore[attr-defined]
-
-
 class TandemHeadersMiddleware:
-    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, metrics: GatewayMetrics) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,9 +36,16 @@ class TandemHeadersMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        counted = scope["path"].startswith(COUNTED_PREFIXES)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if counted:
+                    self.metrics.count_request(
+                        state.get("tandem_model", UNKNOWN_MODEL),
+                        state.get("tandem_backend", GATEWAY_BACKEND),
+                        message["status"],
+                    )
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 if not any(k.lower() == BACKEND_HEADER.encode() for k, _ in raw):
                     raw.append(

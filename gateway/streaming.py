@@ -15,6 +15,7 @@ from starlette.requests import Request
 from backends.base import Backend, GenerationChunk, GenerationStream, TokenLogprob
 from gateway.errors import APIError
 from gateway.generation import PreparedGeneration
+from gateway.metrics import GatewayMetrics
 from gateway.openai_protocol import ErrorBody
 
 logger = logging.getLogger("tandem.gateway")
@@ -43,7 +44,9 @@ class Generation:
     still running in the backend.
     """
 
-    def __init__(self, backend: Backend, prepared: PreparedGeneration) -> None:
+    def __init__(
+        self, backend: Backend, prepared: PreparedGeneration, metrics: GatewayMetrics, model: str
+    ) -> None:
         self._streams: list[GenerationStream] = []
         try:
             for request in prepared.requests:
@@ -52,6 +55,8 @@ class Generation:
             self._abort()
             raise
         self.prompt_tokens = prepared.prompt_tokens
+        self._finished = 0
+        self._tracker = metrics.track(model, backend.kind, prepared.prompt_tokens, len(self._streams))
 
     def _abort(self) -> None:
         for stream in self._streams:
@@ -64,14 +69,21 @@ class Generation:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._tracker.finish(completed=self._finished == len(self._streams))
         for stream in self._streams:
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+    def _observe(self, index: int, chunk: GenerationChunk) -> None:
+        self._tracker.on_chunk(index, chunk)
+        if chunk.finish_reason is not None:
+            self._finished += 1
 
     async def chunks(self) -> AsyncIterator[tuple[int, GenerationChunk]]:
         """(choice index, chunk) as they arrive from any of the n streams."""
         if len(self._streams) == 1:
             async for chunk in self._streams[0]:
+                self._observe(0, chunk)
                 yield 0, chunk
             return
         merged: asyncio.Queue[tuple[int, GenerationChunk] | BaseException | None] = asyncio.Queue()
@@ -94,6 +106,7 @@ class Generation:
                 elif isinstance(item, BaseException):
                     raise item
                 else:
+                    self._observe(*item)
                     yield item
         finally:
             for task in tasks:

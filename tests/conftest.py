@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,6 +110,17 @@ def start_server(
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"tandem serve did not become healthy:\n{server.log()}")
+
+
+def wait_for_log(server: RunningServer, pattern: str, timeout: float = 30) -> re.Match:
+    """The server's log is part of what it promises (e.g. that an abort happened)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, server.log())
+        if match:
+            return match
+        time.sleep(0.1)
+    raise AssertionError(f"{pattern!r} not in the server log:\n{server.log()[-3000:]}")
 
 
 def model_entry(tiny, profile: str, **extra) -> dict:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.conftest import model_entry, start_server
+from tests.conftest import model_entry, start_server, wait_for_log
 
 PROMPTS = [
     f"Story number {i}: the {word}"
@@ -51,16 +49,6 @@ def small_queue_server(tiny_llama, tmp_path_factory):
 LONG = {"model": "tiny", "prompt": "Go on and on", "max_tokens": 16000, "ignore_eos": True, "stream": True}
 
 
-def _wait_for_log(server, pattern: str, timeout: float = 30) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, server.log())
-        if match:
-            return match
-        time.sleep(0.1)
-    raise AssertionError(f"{pattern!r} not in the server log:\n{server.log()[-3000:]}")
-
-
 def test_disconnect_mid_stream_aborts_and_frees_the_model(small_queue_server):
     server = small_queue_server
     with (
@@ -72,7 +60,7 @@ def test_disconnect_mid_stream_aborts_and_frees_the_model(small_queue_server):
         received = [line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data:")]
         assert received
         # leaving the block closed the connection mid-stream
-    aborted = _wait_for_log(server, r"request gone-0 aborted after (\d+) tokens")
+    aborted = wait_for_log(server, r"request gone-0 aborted after (\d+) tokens")
     assert int(aborted.group(1)) < 16000
     follow_up = server.openai().completions.create(model="tiny", prompt="Next", max_tokens=4, temperature=0)
     assert follow_up.usage.completion_tokens == 4
@@ -83,7 +71,7 @@ def test_non_streaming_disconnect_aborts(small_queue_server):
     body = {**LONG, "stream": False}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.v1}/completions", json=body, headers={"x-request-id": "impatient"}, timeout=1.5)
-    aborted = _wait_for_log(server, r"request impatient-0 aborted after (\d+) tokens")
+    aborted = wait_for_log(server, r"request impatient-0 aborted after (\d+) tokens")
     assert int(aborted.group(1)) < 16000
 
 
@@ -113,7 +101,7 @@ def test_full_queue_answers_503_with_retry_after(small_queue_server):
             )
             assert streamed.status_code == 503  # refused before the stream starts, not inside it
     # both long requests were dropped by their clients; once the server has noticed, the model serves again
-    _wait_for_log(server, r"request q1-0 aborted")
-    _wait_for_log(server, r"request q2-0 aborted")
+    wait_for_log(server, r"request q1-0 aborted")
+    wait_for_log(server, r"request q2-0 aborted")
     done = server.openai().completions.create(model="tiny", prompt="After", max_tokens=3, temperature=0)
     assert done.usage.completion_tokens == 3

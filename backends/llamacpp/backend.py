@@ -25,6 +25,7 @@ from backends.base import (
 )
 from backends.chat_template import ChatTemplate, ChatTemplateError
 from backends.llamacpp.session import LlamaSession
+from backends.stats import BackendStats
 from backends.streams import ChunkSink, RequestStream
 
 logger = logging.getLogger("tandem.llamacpp")
@@ -48,6 +49,8 @@ class LlamaCppBackend:
         self._max_admitted = max_queued + 1  # the running request plus those waiting
         self._retry_after_s = retry_after_s
         self._admitted = 0
+        self._running = False
+        self.load_seconds: float | None = None
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._closed = False
@@ -71,8 +74,10 @@ class LlamaCppBackend:
         session = LlamaSession.open(
             path, context_length=context_length, threads=threads or os.cpu_count() or 1
         )
-        logger.info("loaded %s from %s in %.2fs", model_name, path, time.perf_counter() - started)
-        return cls(session, model_name, max_queued, retry_after_s)
+        backend = cls(session, model_name, max_queued, retry_after_s)
+        backend.load_seconds = time.perf_counter() - started
+        logger.info("loaded %s from %s in %.2fs", model_name, path, backend.load_seconds)
+        return backend
 
     @property
     def context_length(self) -> int:
@@ -82,9 +87,11 @@ class LlamaCppBackend:
     def vocab_size(self) -> int:
         return self._session.vocab_size
 
-    @property
-    def queue_depth(self) -> int:
-        return self._admitted
+    def stats(self) -> BackendStats:
+        running = int(self._running)
+        return BackendStats(
+            running=running, waiting=max(self._admitted - running, 0), load_seconds=self.load_seconds
+        )
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._session.tokenize(text, add_special_tokens=add_special_tokens)
@@ -110,6 +117,7 @@ class LlamaCppBackend:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
+                self._running = True
                 generated = 0 if job.sink.cancelled else self._session.run(job.request, job.sink)
                 if job.sink.cancelled:
                     logger.info("request %s aborted after %d tokens", job.request.request_id, generated)
@@ -118,6 +126,7 @@ class LlamaCppBackend:
                 job.sink.put(BackendUnavailableError(f"generation failed: {exc}"))
             finally:
                 with self._lock:
+                    self._running = False
                     self._admitted -= 1
 
     async def aclose(self) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import RegistryDep, resolve_model
+from gateway.deps import MetricsDep, RegistryDep, resolve_model
 from gateway.errors import APIError
 from gateway.generation import prepare_chat
 from gateway.openai_protocol import (
@@ -49,11 +49,11 @@ def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, registry: RegistryDep
+    body: ChatCompletionRequest, request: Request, registry: RegistryDep, metrics: MetricsDep
 ) -> ChatCompletion | StreamingResponse:
     model = resolve_model(registry, body.model, request)
     prepared = prepare_chat(body, model, request.state.request_id)
-    generation = Generation(model.backend, prepared)
+    generation = Generation(model.backend, prepared, metrics, model.spec.name)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = _stream(generation, body, model.spec.name, completion_id, created)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import RegistryDep, resolve_model
+from gateway.deps import MetricsDep, RegistryDep, resolve_model
 from gateway.generation import PreparedGeneration, completion_prompts, prepare_completion
 from gateway.openai_protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
 from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, sse, stream_error
@@ -33,7 +33,7 @@ def completion_logprobs(items: list[TokenLogprob], text_offset: int = 0) -> Comp
 
 @router.post("/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, request: Request, registry: RegistryDep
+    body: CompletionRequest, request: Request, registry: RegistryDep, metrics: MetricsDep
 ) -> Completion | StreamingResponse:
     model = resolve_model(registry, body.model, request)
     # a batch of prompts fans out to len(prompts) * n choices, numbered prompt-major as OpenAI does
@@ -46,7 +46,7 @@ async def create_completion(
         requests=[r for part in parts for r in part.requests],
         prompt_tokens=sum(part.prompt_tokens for part in parts),
     )
-    generation = Generation(model.backend, prepared)
+    generation = Generation(model.backend, prepared, metrics, model.spec.name)
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     with_logprobs = body.logprobs is not None
     if body.stream:
