@@ -88,6 +88,18 @@ class GenerationChunk:
     logprobs: list[TokenLogprob] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a loaded model is, for listings (/api/tags, /api/show, /v1/models)."""
+
+    format: str  # "gguf", "safetensors"
+    family: str  # architecture: "llama", "qwen2", ...
+    parameter_count: int
+    quantization: str  # "F32", "BF16", "Q4_K_M", ...
+    size_bytes: int  # on disk
+    chat_template: str | None
+
+
 class BackendError(Exception):
     """A request the backend refuses; the gateway maps subclasses to protocol errors."""
 
@@ -112,6 +124,8 @@ class GenerationStream(Protocol):
     def abort(self) -> None:
         """Stop the request now and free what it holds; safe to call at any time, more than once."""
         ...
+
+    def describe(self) -> ModelInfo: ...
 
     def stats(self) -> BackendStats:
         """A snapshot for /metrics; cheap, callable from any thread."""

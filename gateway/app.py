@@ -12,7 +12,7 @@ from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import TandemHeadersMiddleware
 from gateway.registry import ModelRegistry
-from gateway.routes import chat, completions, health, models
+from gateway.routes import chat, completions, health, models, ollama, ollama_models
 from gateway.routes import metrics as metrics_route
 from gateway.settings import Settings
 
@@ -35,6 +35,6 @@ def create_app(settings: Settings, registry: ModelRegistry) -> FastAPI:
     app = FastAPI(title="tandem", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(TandemHeadersMiddleware, max_request_bytes=settings.max_request_bytes, metrics=metrics)
-    for module in (health, metrics_route, models, chat, completions):
+    for module in (health, metrics_route, models, chat, completions, ollama, ollama_models):
         app.include_router(module.router)
     return app

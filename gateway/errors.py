@@ -1,4 +1,5 @@
-"""Every failure leaves as an OpenAI error envelope: {"error": {"message", "type", "param", "code"}}."""
+"""Every failure leaves in its protocol's envelope: OpenAI's {"error": {"message", "type", "param", "code"}}
+or, under /api/, Ollama's {"error": "message"}."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from backends.base import BackendUnavailableError, QueueFullError
 from gateway.openai_protocol import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("tandem.gateway")
+
+OLLAMA_PREFIX = "/api/"
 
 
 class APIError(Exception):
@@ -83,38 +86,41 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return bad_request(f"Invalid value for '{param}': {message}", param=param)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+def _envelope(request: Request, error: APIError) -> JSONResponse:
+    """Ollama's native API (/api/...) answers {"error": "message"}; everything else OpenAI's envelope."""
+    if request.url.path.startswith(OLLAMA_PREFIX):
+        return JSONResponse({"error": error.body.message}, status_code=error.status, headers=error.headers)
+    return error.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
 
-    @app.exception_handler(QueueFullError)
-    async def _queue_full(_: Request, exc: QueueFullError) -> JSONResponse:
-        return APIError(
-            503,
-            str(exc),
-            type="server_overloaded",
-            code="queue_full",
-            headers={"Retry-After": str(exc.retry_after_s)},
-        ).response()
-
-    @app.exception_handler(BackendUnavailableError)
-    async def _unavailable(_: Request, exc: BackendUnavailableError) -> JSONResponse:
-        return APIError(503, str(exc), type="server_error", code="backend_unavailable").response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+def _as_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, QueueFullError):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return APIError(503, str(exc), type="server_overloaded", code="queue_full", headers=headers)
+    if isinstance(exc, BackendUnavailableError):
+        return APIError(503, str(exc), type="server_error", code="backend_unavailable")
+    if isinstance(exc, StarletteHTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return APIError(exc.status_code, message, type=kind, headers=dict(exc.headers or {})).response()
+        return APIError(exc.status_code, message, type=kind, headers=dict(exc.headers or {}))
+    logger.error("unexpected error while serving a request", exc_info=exc)
+    return APIError(500, "The server had an error while processing your request.", type="server_error")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error while serving a request")
-        return APIError(
-            500, "The server had an error while processing your request.", type="server_error"
-        ).response()
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return _envelope(request, _as_api_error(exc))
+
+    for kind in (
+        APIError,
+        RequestValidationError,
+        QueueFullError,
+        BackendUnavailableError,
+        StarletteHTTPException,
+    ):
+        app.add_exception_handler(kind, handle)
+    app.add_exception_handler(Exception, handle)

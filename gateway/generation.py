@@ -73,6 +73,24 @@ def _check_bias_range(bias: dict[int, float], vocab_size: int) -> None:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """What a protocol assumes for parameters neither the request nor the model sets."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+OPENAI_DEFAULTS = SamplingDefaults()
+# Ollama's documented defaults (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1)
+OLLAMA_DEFAULTS = SamplingDefaults(temperature=0.8, top_p=0.9, top_k=40, repetition_penalty=1.1)
+
+
 def _sampling(
     request: _SamplingFields,
     model: ServedModel,
@@ -80,6 +98,7 @@ def _sampling(
     max_tokens: int | None,
     logprobs: int | None,
     seed: int | None,
+    fallbacks: SamplingDefaults,
 ) -> SamplingParams:
     context = model.backend.context_length
     if prompt_tokens >= context or (max_tokens is not None and prompt_tokens + max_tokens > context):
@@ -89,24 +108,23 @@ def _sampling(
     if max_tokens is None:
         max_tokens = min(defaults.max_tokens or room, room)
 
-    def pick(name: str, fallback: float) -> float:
+    def pick(name: str) -> float:
         value = getattr(request, name)
         if value is None:
             value = getattr(defaults, name)
-        return fallback if value is None else value
+        return getattr(fallbacks, name) if value is None else value
 
-    top_k = int(pick("top_k", 0))
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=pick("temperature", 1.0),
-        top_p=pick("top_p", 1.0),
-        top_k=max(top_k, 0),  # vLLM spells "disabled" as -1
-        min_p=pick("min_p", 0.0),
+        temperature=pick("temperature"),
+        top_p=pick("top_p"),
+        top_k=max(int(pick("top_k")), 0),  # vLLM spells "disabled" as -1
+        min_p=pick("min_p"),
         seed=seed,
         stop=tuple(request.stop_list() if request.stop is not None else (defaults.stop or [])),
-        presence_penalty=pick("presence_penalty", 0.0),
-        frequency_penalty=pick("frequency_penalty", 0.0),
-        repetition_penalty=pick("repetition_penalty", 1.0),
+        presence_penalty=pick("presence_penalty"),
+        frequency_penalty=pick("frequency_penalty"),
+        repetition_penalty=pick("repetition_penalty"),
         logprobs=logprobs,
         logit_bias=_logit_bias(request),
         ignore_eos=request.ignore_eos,
@@ -114,14 +132,16 @@ def _sampling(
     )
 
 
-def _fan_out(
+def prepare_tokens(
     request: _SamplingFields,
     model: ServedModel,
     prompt_ids: list[int],
     max_tokens: int | None,
     logprobs: int | None,
     request_id: str,
+    fallbacks: SamplingDefaults = OPENAI_DEFAULTS,
 ) -> PreparedGeneration:
+    """The request's n generations over `prompt_ids`, with every sampling parameter resolved."""
     _check_features(request, model, logprobs)
     _check_bias_range(_logit_bias(request), model.backend.vocab_size)
     seed = request.seed if request.seed is not None else model.spec.parameters.seed
@@ -131,12 +151,29 @@ def _fan_out(
             prompt_token_ids=prompt_ids,
             # each of the n choices gets its own stream of randomness, reproducible from the seed
             sampling=_sampling(
-                request, model, len(prompt_ids), max_tokens, logprobs, None if seed is None else seed + i
+                request,
+                model,
+                len(prompt_ids),
+                max_tokens,
+                logprobs,
+                None if seed is None else seed + i,
+                fallbacks,
             ),
         )
         for i in range(request.n)
     ]
     return PreparedGeneration(requests, len(prompt_ids))
+
+
+def chat_prompt_ids(model: ServedModel, messages: list[ChatMessage]) -> list[int]:
+    """The conversation through the model's chat template, with its default system prompt if none is given."""
+    if model.spec.system is not None and not any(m.role == "system" for m in messages):
+        messages = [ChatMessage(role="system", content=model.spec.system), *messages]
+    try:
+        prompt = model.backend.apply_chat_template(messages)
+    except ChatTemplateError as exc:
+        raise bad_request(str(exc), param="messages") from None
+    return model.backend.tokenize(prompt, add_special_tokens=False)
 
 
 def prepare_chat(request: ChatCompletionRequest, model: ServedModel, request_id: str) -> PreparedGeneration:
@@ -155,20 +192,14 @@ def prepare_chat(request: ChatCompletionRequest, model: ServedModel, request_id:
         ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
         for m in request.messages
     ]
-    if model.spec.system is not None and not any(m.role == "system" for m in messages):
-        messages.insert(0, ChatMessage(role="system", content=model.spec.system))
-    try:
-        prompt = model.backend.apply_chat_template(messages)
-    except ChatTemplateError as exc:
-        raise bad_request(str(exc), param="messages") from None
-    prompt_ids = model.backend.tokenize(prompt, add_special_tokens=False)
+    prompt_ids = chat_prompt_ids(model, messages)
     logprobs = None
     if request.logprobs:
         logprobs = request.top_logprobs or 0
     elif request.top_logprobs is not None:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     max_tokens = request.max_completion_tokens or request.max_tokens
-    return _fan_out(request, model, prompt_ids, max_tokens, logprobs, request_id)
+    return prepare_tokens(request, model, prompt_ids, max_tokens, logprobs, request_id)
 
 
 def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
@@ -203,4 +234,4 @@ def prepare_completion(
         prompt_ids = prompt
     if not prompt_ids:
         raise bad_request("'prompt' must not be empty.", param="prompt")
-    return _fan_out(request, model, prompt_ids, request.max_tokens, request.logprobs, request_id)
+    return prepare_tokens(request, model, prompt_ids, request.max_tokens, request.logprobs, request_id)

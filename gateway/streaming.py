@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,13 +25,17 @@ logger = logging.getLogger("tandem.gateway")
 @dataclass(slots=True)
 class ChoiceResult:
     text: str = ""
-    completion_tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
 
     def add(self, chunk: GenerationChunk) -> None:
         self.text += chunk.text
-        self.completion_tokens += len(chunk.token_ids)
+        self.token_ids.extend(chunk.token_ids)
         if chunk.logprobs:
             self.logprobs.extend(chunk.logprobs)
         if chunk.finish_reason is not None:
@@ -56,6 +61,8 @@ class Generation:
             raise
         self.prompt_tokens = prepared.prompt_tokens
         self._finished = 0
+        self.started_ns = time.perf_counter_ns()
+        self.first_token_ns: int | None = None
         self._tracker = metrics.track(model, backend.kind, prepared.prompt_tokens, len(self._streams))
 
     def _abort(self) -> None:
@@ -76,6 +83,8 @@ class Generation:
 
     def _observe(self, index: int, chunk: GenerationChunk) -> None:
         self._tracker.on_chunk(index, chunk)
+        if self.first_token_ns is None and chunk.token_ids:
+            self.first_token_ns = time.perf_counter_ns()
         if chunk.finish_reason is not None:
             self._finished += 1
 

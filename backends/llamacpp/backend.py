@@ -21,6 +21,7 @@ from backends.base import (
     BackendUnavailableError,
     ChatMessage,
     GenerationRequest,
+    ModelInfo,
     QueueFullError,
 )
 from backends.chat_template import ChatTemplate, ChatTemplateError
@@ -86,6 +87,9 @@ class LlamaCppBackend:
     @property
     def vocab_size(self) -> int:
         return self._session.vocab_size
+
+    def describe(self) -> ModelInfo:
+        return self._session.describe()
 
     def stats(self) -> BackendStats:
         running = int(self._running)

@@ -1,0 +1,153 @@
+"""Ollama's native API shapes (field names and defaults as in Ollama's docs/api.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The Ollama API version tandem implements; clients such as Open WebUI check it.
+OLLAMA_API_VERSION = "0.12.0"
+
+
+def timestamp() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class _Lenient(BaseModel):
+    # Ollama ignores fields it does not know; clients send extras (e.g. "truncate", "shift").
+    model_config = ConfigDict(extra="ignore")
+
+
+class OllamaOptions(BaseModel):
+    """Runtime options. Ollama ignores options it cannot use (num_gpu, mirostat...); so does tandem."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    num_predict: int | None = Field(None, ge=-2)  # -1: until stop or context end; -2: fill the context
+    num_ctx: int | None = Field(None, gt=0)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+    stop: list[str] | None = None
+
+
+class OllamaMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _OllamaRequest(_Lenient):
+    model: str = Field(min_length=1)
+    format: str | dict[str, Any] | None = None
+    options: OllamaOptions | None = None
+    stream: bool = True
+    keep_alive: str | int | float | None = None
+
+
+class ChatRequest(_OllamaRequest):
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+
+
+class GenerateRequest(_OllamaRequest):
+    prompt: str = ""
+    suffix: str | None = None
+    images: list[str] | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    context: list[int] | None = None
+    think: bool | str | None = None
+
+
+class ShowRequest(_Lenient):
+    model: str | None = None
+    name: str | None = None  # the older spelling
+    verbose: bool = False
+
+
+class Timings(BaseModel):
+    total_duration: int  # nanoseconds, as Ollama reports them
+    load_duration: int
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatResponse(BaseModel):
+    model: str
+    created_at: str
+    message: AssistantMessage
+    done: bool
+    done_reason: str | None = None
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    done_reason: str | None = None
+    context: list[int] | None = None
+
+
+class ModelDetails(BaseModel):
+    parent_model: str = ""
+    format: str
+    family: str
+    families: list[str]
+    parameter_size: str
+    quantization_level: str
+
+
+class ListedModel(BaseModel):
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+
+
+class RunningModel(ListedModel):
+    expires_at: str
+    size_vram: int
+
+
+class TagsResponse(BaseModel):
+    models: list[ListedModel]
+
+
+class PsResponse(BaseModel):
+    models: list[RunningModel]
+
+
+class ShowResponse(BaseModel):
+    modelfile: str
+    parameters: str
+    template: str
+    system: str = ""
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+
+
+class VersionResponse(BaseModel):
+    version: str

@@ -1,0 +1,180 @@
+"""Ollama's native generation endpoints: POST /api/chat and POST /api/generate (NDJSON streaming)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from backends.base import ChatMessage
+from gateway.deps import MetricsDep, RegistryDep
+from gateway.errors import bad_request
+from gateway.generation import OLLAMA_DEFAULTS, PreparedGeneration, chat_prompt_ids, prepare_tokens
+from gateway.ollama_protocol import (
+    AssistantMessage,
+    ChatRequest,
+    ChatResponse,
+    GenerateRequest,
+    GenerateResponse,
+    OllamaOptions,
+    Timings,
+    timestamp,
+)
+from gateway.openai_protocol import _SamplingFields
+from gateway.registry import ServedModel
+from gateway.routes.ollama_models import resolve_ollama_model
+from gateway.streaming import Generation
+
+logger = logging.getLogger("tandem.gateway")
+router = APIRouter(prefix="/api", tags=["ollama"])
+NDJSON = "application/x-ndjson"
+
+
+def _sampling_fields(model: str, options: OllamaOptions | None) -> _SamplingFields:
+    o = options or OllamaOptions()
+    if o.model_extra:
+        logger.info("ignoring options tandem has no use for: %s", ", ".join(sorted(o.model_extra)))
+    try:
+        return _SamplingFields(
+            model=model, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, min_p=o.min_p, seed=o.seed,
+            stop=o.stop, presence_penalty=o.presence_penalty, frequency_penalty=o.frequency_penalty,
+            repetition_penalty=o.repeat_penalty,
+        )  # fmt: skip
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise bad_request(f"invalid option {error['loc'][0]}: {error['msg']}") from None
+
+
+def _check_common(body: ChatRequest | GenerateRequest) -> None:
+    if body.format is not None:
+        raise bad_request("format (structured output) is not supported by tandem yet")
+    if getattr(body, "tools", None):
+        raise bad_request("tools are not supported by tandem yet")
+
+
+def _prepare(
+    body: ChatRequest | GenerateRequest, model: ServedModel, prompt_ids: list[int], request_id: str
+) -> PreparedGeneration:
+    options = body.options or OllamaOptions()
+    context = min(options.num_ctx or model.backend.context_length, model.backend.context_length)
+    if len(prompt_ids) >= context:
+        raise bad_request(f"the prompt is {len(prompt_ids)} tokens, the context is {context}")
+    room = context - len(prompt_ids)
+    max_tokens = (
+        None if options.num_predict is None else room if options.num_predict < 0 else options.num_predict
+    )
+    if max_tokens is not None:
+        max_tokens = min(max_tokens, room) or 1
+    elif options.num_ctx is not None:
+        max_tokens = min(model.spec.parameters.max_tokens or room, room)
+    fields = _sampling_fields(model.spec.name, body.options)
+    return prepare_tokens(fields, model, prompt_ids, max_tokens, None, request_id, OLLAMA_DEFAULTS)
+
+
+def _timings(generation: Generation, eval_count: int) -> dict:
+    """Ollama's timing fields, in nanoseconds, measured (models are loaded before serving: no load time)."""
+    end = time.perf_counter_ns()
+    first = generation.first_token_ns or end
+    start = generation.started_ns
+    return Timings(
+        total_duration=end - start, load_duration=0, prompt_eval_count=generation.prompt_tokens,
+        prompt_eval_duration=first - start, eval_count=eval_count, eval_duration=end - first,
+    ).model_dump()  # fmt: skip
+
+
+async def _respond(
+    request: Request,
+    generation: Generation,
+    stream: bool,
+    piece: Callable[[str, bool, str | None], BaseModel],
+    final_fields: Callable[[list[int]], dict] = lambda _: {},
+) -> StreamingResponse | dict:
+    """Shared by chat and generate: `piece(text, done, done_reason)` builds one response object; the last
+    one also carries `final_fields(generated token ids)` and the timings."""
+
+    def last(text: str, reason: str | None, produced: list[int]) -> dict:
+        timings = _timings(generation, len(produced))
+        return piece(text, True, reason).model_dump(exclude_none=True) | final_fields(produced) | timings
+
+    if not stream:
+        async with generation:
+            result = (await generation.collect(request))[0]
+        return last(result.text, result.finish_reason, result.token_ids)
+
+    async def lines() -> AsyncIterator[str]:
+        produced: list[int] = []
+        reason = None
+        async with generation:
+            try:
+                async for _, chunk in generation.chunks():
+                    produced.extend(chunk.token_ids)
+                    if chunk.finish_reason is not None:
+                        reason = chunk.finish_reason.value
+                    if chunk.text:
+                        yield json.dumps(piece(chunk.text, False, None).model_dump(exclude_none=True)) + "\n"
+            except Exception as exc:  # too late for a status code: Ollama puts the error in the stream
+                yield json.dumps({"error": str(exc) or "generation failed"}) + "\n"
+                return
+        yield json.dumps(last("", reason, produced)) + "\n"
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+@router.post("/chat", response_model=None)
+async def chat(body: ChatRequest, request: Request, registry: RegistryDep, metrics: MetricsDep):
+    model = resolve_ollama_model(registry, body.model, request)
+    _check_common(body)
+    if any(m.images for m in body.messages):
+        raise bad_request(f"model '{body.model}' does not support images")
+    if not body.messages:  # Ollama: an empty conversation only loads the model
+        return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=""),
+                            done=True, done_reason="load").model_dump()  # fmt: skip
+    prompt_ids = chat_prompt_ids(model, [ChatMessage(role=m.role, content=m.content) for m in body.messages])
+    prepared = _prepare(body, model, prompt_ids, request.state.request_id)
+    generation = Generation(model.backend, prepared, metrics, model.spec.name)
+
+    def piece(text: str, done: bool, reason: str | None) -> ChatResponse:
+        return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=text),
+                            done=done, done_reason=reason)  # fmt: skip
+
+    return await _respond(request, generation, body.stream, piece)
+
+
+@router.post("/generate", response_model=None)
+async def generate(body: GenerateRequest, request: Request, registry: RegistryDep, metrics: MetricsDep):
+    model = resolve_ollama_model(registry, body.model, request)
+    _check_common(body)
+    if body.images:
+        raise bad_request(f"model '{body.model}' does not support images")
+    if body.suffix:
+        raise bad_request(f"model '{body.model}' does not support insert (suffix)")
+    if not body.prompt and not body.context:  # Ollama: an empty prompt only loads the model
+        return GenerateResponse(model=body.model, created_at=timestamp(), response="", done=True,
+                                done_reason="load").model_dump(exclude_none=True)  # fmt: skip
+    if body.raw:
+        prompt_ids = model.backend.tokenize(body.prompt, add_special_tokens=True)
+    else:
+        if body.template is not None:
+            raise bad_request("custom Go templates are not supported; send raw=true with a rendered prompt")
+        system = body.system if body.system is not None else model.spec.system
+        messages = [ChatMessage(role="system", content=system)] if system is not None else []
+        prompt_ids = chat_prompt_ids(model, [*messages, ChatMessage(role="user", content=body.prompt)])
+    prompt_ids = [*(body.context or []), *prompt_ids]
+    if any(not 0 <= t < model.backend.vocab_size for t in prompt_ids):
+        raise bad_request("context holds token ids this model does not have")
+    prepared = _prepare(body, model, prompt_ids, request.state.request_id)
+    generation = Generation(model.backend, prepared, metrics, model.spec.name)
+
+    def piece(text: str, done: bool, reason: str | None) -> GenerateResponse:
+        return GenerateResponse(model=body.model, created_at=timestamp(), response=text, done=done,
+                                done_reason=reason)  # fmt: skip
+
+    def final_fields(produced: list[int]) -> dict:
+        return {} if body.raw else {"context": [*prompt_ids, *produced]}
+
+    return await _respond(request, generation, body.stream, piece, final_fields)
