@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from backends.base import BackendUnavailableError
 from gateway.config import ConfigError, Profile, load_config, select_profile
 from gateway.settings import Settings
 
@@ -35,15 +36,20 @@ async def _serve(settings: Settings, profile_name: str, profile: Profile, source
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.registry import load_registry
+    from gateway.startup import build_manager
 
-    registry = await load_registry(profile, profile_name, settings, source)
-    app = create_app(settings, registry)
+    models = build_manager(profile, profile_name, settings, source)
+    try:
+        await models.start()  # preloads: a model that cannot load fails here, before the server listens
+    except BackendUnavailableError as exc:
+        await models.aclose()
+        raise ConfigError(source, [("", str(exc))]) from None
+    app = create_app(settings, models)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
     )
     server = uvicorn.Server(config)
-    names = ", ".join(f"{m.spec.name} ({m.backend.kind})" for m in registry) or "none"
+    names = ", ".join(f"{m.spec.name} ({m.spec.backend})" for m in models) or "none"
     logger.info("profile %r from %s: serving %s", profile_name, source, names)
     logger.info("OpenAI-compatible endpoint: http://%s:%d/v1", settings.host, settings.port)
     await server.serve()

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.durations import parse_keep_alive
+
 DEFAULT_CONFIG_PATH = Path("config/tandem.yaml")
 BUILTIN_CONFIG_NAME = "<built-in default>"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
@@ -54,6 +56,10 @@ class ModelSpec(_Strict):
     system: str | None = Field(None, description="default system prompt (Modelfile SYSTEM)")
     parameters: ModelParameters = Field(default_factory=ModelParameters)
     demo: bool = Field(False, description="generate tandem's random-weight demo model at `path` if missing")
+    preload: bool = Field(False, description="load at start instead of on first use")
+    keep_alive: str | int | float | None = Field(
+        None, description="how long to stay loaded after the last request ('5m', 0, -1 = forever)"
+    )
     engine: dict[str, Any] | None = Field(None, description="paged engine settings (backend: paged only)")
 
     @field_validator("name", "aliases")
@@ -62,6 +68,13 @@ class ModelSpec(_Strict):
         for name in [value] if isinstance(value, str) else value:
             if not _NAME_PATTERN.match(name):
                 raise ValueError(f"{name!r} is not a valid model name (letters, digits and ._:/@+- only)")
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            parse_keep_alive(value)
         return value
 
     @model_validator(mode="after")

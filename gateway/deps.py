@@ -8,12 +8,12 @@ from fastapi import Depends, Request
 
 from gateway.errors import model_not_found
 from gateway.metrics import GatewayMetrics
-from gateway.registry import ModelRegistry, ServedModel
+from gateway.registry import ManagedModel, ModelManager
 from gateway.settings import Settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+def get_models(request: Request) -> ModelManager:
+    return request.app.state.models
 
 
 def get_settings(request: Request) -> Settings:
@@ -24,16 +24,21 @@ def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+ModelsDep = Annotated[ModelManager, Depends(get_models)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 
 
-def resolve_model(registry: ModelRegistry, name: str, request: Request) -> ServedModel:
-    """The model a request names (name or alias); records its backend for the x-tandem-backend header."""
-    model = registry.resolve(name)
+def record_model(request: Request, model: ManagedModel) -> None:
+    """Which model and backend served the request: the x-tandem-backend header and the metrics' labels."""
+    request.state.tandem_backend = model.spec.backend
+    request.state.tandem_model = model.spec.name
+
+
+def resolve_model(models: ModelManager, name: str, request: Request) -> ManagedModel:
+    """The model a request names (name or alias), loaded or not."""
+    model = models.resolve(name)
     if model is None:
         raise model_not_found(name)
-    request.state.tandem_backend = model.backend.kind
-    request.state.tandem_model = model.spec.name
+    record_model(request, model)
     return model

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from backends.base import GenerationChunk
 from backends.stats import LATENCY_BUCKETS_S, HistogramSnapshot
-from gateway.registry import ModelRegistry
+from gateway.registry import ModelManager
 
 UNKNOWN_MODEL = "_unknown"
 NO_TEAM = "none"
@@ -29,7 +29,7 @@ LOCAL_DEPLOYMENT = "local"
 class GatewayMetrics:
     """Owns one CollectorRegistry per app (no process-global state)."""
 
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ModelManager) -> None:
         disable_created_metrics()  # the *_created series only add noise to every scrape
         self.registry = CollectorRegistry()
         r, per_model = self.registry, ["model", "backend"]
@@ -146,7 +146,7 @@ def _histogram(name: str, doc: str, model: str, snapshot: HistogramSnapshot) -> 
 class BackendCollector(Collector):
     """Reads every served model's stats() at scrape time: queue gauges, llama.cpp and engine series."""
 
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ModelManager) -> None:
         self._models = models
 
     def collect(self) -> Iterator:
@@ -160,8 +160,10 @@ class BackendCollector(Collector):
         llama_loaded = GaugeMetricFamily("tandem_llamacpp_models_loaded", "llama.cpp models loaded now.")
         engine_families: list = []
         loaded = 0
-        for served in self._models:
-            name, kind, stats = served.spec.name, served.backend.kind, served.backend.stats()
+        for model in self._models.loaded():
+            if model.backend is None:
+                continue
+            name, kind, stats = model.spec.name, model.backend.kind, model.backend.stats()
             queued.add_metric([name, kind], stats.waiting)
             if kind == "llamacpp":
                 loaded += 1

@@ -216,6 +216,7 @@ class ModelCard(BaseModel):
     backend: str
     aliases: list[str] = Field(default_factory=list)
     context_length: int | None = None
+    state: str = "loaded"  # loaded | loading | unloaded: tandem loads models on first use
 
 
 class ModelList(BaseModel):

@@ -1,110 +1,245 @@
-"""The models a running tandem serves: loaded at start from the active profile, found by name or alias."""
+"""The active profile's models and their lifecycle.
+
+Models load on first use (concurrent requests wait for the one load), stay loaded for keep_alive after
+their last request (0: unload now; forever: never), at most `max_loaded_models` at once with the least
+recently used idle model evicted first, and never past a memory budget.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-from backends.base import Backend
-from gateway.config import ConfigError, ModelSpec, Profile
-from gateway.settings import Settings
+from backends.base import Backend, BackendUnavailableError, ModelInfo
+from backends.inspect import inspect_model
+from gateway.config import ModelSpec
+from gateway.errors import APIError
 
 logger = logging.getLogger("tandem.gateway")
 
-DEMO_HINT = (
-    "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, "
-    "point a model entry's `path` at a GGUF file in config/tandem.yaml "
-    "(or in a file given by --config / TANDEM_CONFIG)."
-)
+
+class ModelState(StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ServedModel:
+    """A loaded model as generation code sees it."""
+
     spec: ModelSpec
     backend: Backend
-    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class ManagedModel:
+    """One configured model: its files, its state, and who is using it."""
+
+    def __init__(self, spec: ModelSpec, path: Path, default_keep_alive_s: float | None) -> None:
+        self.spec = spec
+        self.path = path
+        self.default_keep_alive_s = default_keep_alive_s
+        self.state = ModelState.UNLOADED
+        self.backend: Backend | None = None
+        self.load_task: asyncio.Task[Backend] | None = None
+        self.in_use = 0
+        self.last_used = 0.0
+        self.expires_at: float | None = None  # monotonic deadline once idle; None: not scheduled to unload
+        self.load_seconds = 0.0
+        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+        self.size_bytes = sum(f.stat().st_size for f in files)
+        self.created = int(path.stat().st_mtime)
 
     @property
     def names(self) -> list[str]:
         return [self.spec.name, *self.spec.aliases]
 
+    @functools.cached_property
+    def info(self) -> ModelInfo:
+        """What the files hold, read once without loading the model."""
+        return inspect_model(self.path)
 
-class ModelRegistry:
-    def __init__(self, models: list[ServedModel]) -> None:
+    @property
+    def context_length(self) -> int | None:
+        if self.backend is not None:
+            return self.backend.context_length
+        return self.spec.context_length
+
+    @property
+    def estimated_bytes(self) -> int:
+        # weights plus a margin for the KV cache and buffers; refined per backend when it matters
+        return int(self.size_bytes * 1.2) + 64 * 2**20
+
+    def served(self) -> ServedModel:
+        if self.backend is None:
+            raise BackendUnavailableError(f"model {self.spec.name!r} is not loaded")
+        return ServedModel(self.spec, self.backend)
+
+
+class Lease:
+    """A request's hold on a loaded model; released exactly once, then the keep_alive clock starts."""
+
+    def __init__(
+        self, manager: ModelManager, model: ManagedModel, keep_alive_s: float | None, loaded_s: float
+    ):
+        self.model = model
+        self.served = model.served()
+        self.load_seconds = loaded_s  # time this request spent waiting for the load (Ollama's load_duration)
+        self._keep_alive_s = keep_alive_s
+        self._release = weakref.finalize(self, manager._release, model, keep_alive_s)
+
+    def release(self) -> None:
+        self._release()
+
+
+Loader = Callable[[ManagedModel], Backend]
+DEFAULT_KEEP_ALIVE = object()  # the model's own keep_alive, when a request names none
+
+
+class ModelManager:
+    def __init__(
+        self, models: list[ManagedModel], loader: Loader, max_loaded: int, memory_budget_bytes: int
+    ) -> None:
         self._models = models
         self._by_name = {name: model for model in models for name in model.names}
+        self._loader = loader
+        self._max_loaded = max_loaded
+        self._memory_budget = memory_budget_bytes
+        self._lock = asyncio.Lock()
+        self._reaper: asyncio.Task | None = None
 
-    def resolve(self, name: str) -> ServedModel | None:
+    def resolve(self, name: str) -> ManagedModel | None:
         return self._by_name.get(name)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ManagedModel]:
         return iter(self._models)
 
     def __len__(self) -> int:
         return len(self._models)
 
+    def loaded(self) -> list[ManagedModel]:
+        return [m for m in self._models if m.state is ModelState.LOADED]
+
+    async def start(self) -> None:
+        """Preload what asks for it and start unloading idle models; idempotent."""
+        if self._reaper is not None:
+            return
+        for model in self._models:
+            if model.spec.preload:
+                (await self.acquire(model, keep_alive_s=DEFAULT_KEEP_ALIVE)).release()
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def acquire(
+        self, model: ManagedModel, keep_alive_s: float | object | None = DEFAULT_KEEP_ALIVE
+    ) -> Lease:
+        """Hold `model` loaded for one request, loading it first if needed."""
+        keep = model.default_keep_alive_s if keep_alive_s is DEFAULT_KEEP_ALIVE else keep_alive_s
+        started = time.perf_counter()
+        while model.state is not ModelState.LOADED:
+            if model.state is ModelState.UNLOADED:
+                async with self._lock:
+                    if model.state is ModelState.UNLOADED:
+                        await self._make_room(model)
+                        model.state = ModelState.LOADING
+                        model.load_task = asyncio.create_task(self._load(model))
+            assert model.load_task is not None
+            await asyncio.shield(model.load_task)
+        model.in_use += 1
+        model.expires_at = None
+        waited = time.perf_counter() - started
+        return Lease(self, model, keep, waited if waited > 1e-3 else 0.0)  # type: ignore[arg-type]
+
+    async def _load(self, model: ManagedModel) -> Backend:
+        started = time.perf_counter()
+        logger.info("loading model %r from %s", model.spec.name, model.path)
+        try:
+            backend = await asyncio.to_thread(self._loader, model)
+        except Exception as exc:
+            model.state, model.load_task = ModelState.UNLOADED, None
+            logger.error("model %r failed to load: %s", model.spec.name, exc)
+            raise BackendUnavailableError(f"model {model.spec.name!r} failed to load: {exc}") from exc
+        model.backend, model.state = backend, ModelState.LOADED
+        model.load_seconds = time.perf_counter() - started
+        model.last_used = time.monotonic()
+        logger.info("model %r loaded in %.2fs", model.spec.name, model.load_seconds)
+        return backend
+
+    async def _make_room(self, model: ManagedModel) -> None:
+        if model.estimated_bytes > self._memory_budget:
+            raise APIError(
+                503,
+                f"model {model.spec.name!r} needs about {model.estimated_bytes / 2**30:.1f} GiB, "
+                f"more than the memory budget of {self._memory_budget / 2**30:.1f} GiB "
+                "(TANDEM_MEMORY_BUDGET_GB)",
+                type="server_error",
+                code="insufficient_memory",
+            )
+        while True:
+            resident = [m for m in self._models if m.state is not ModelState.UNLOADED and m is not model]
+            used = sum(m.estimated_bytes for m in resident)
+            if len(resident) < self._max_loaded and used + model.estimated_bytes <= self._memory_budget:
+                return
+            idle = [m for m in resident if m.state is ModelState.LOADED and m.in_use == 0]
+            if not idle:
+                raise APIError(
+                    503,
+                    f"cannot load model {model.spec.name!r} now: every loaded model is busy "
+                    f"(at most {self._max_loaded} loaded, TANDEM_MAX_LOADED_MODELS)",
+                    type="server_overloaded",
+                    code="models_busy",
+                    headers={"Retry-After": "1"},
+                )
+            victim = min(idle, key=lambda m: m.last_used)
+            logger.info("unloading model %r to make room for %r", victim.spec.name, model.spec.name)
+            await self._unload(victim)
+
+    def _release(self, model: ManagedModel, keep_alive_s: float | None) -> None:
+        model.in_use -= 1
+        model.last_used = time.monotonic()
+        if model.in_use == 0 and model.state is ModelState.LOADED:
+            model.expires_at = None if keep_alive_s is None else model.last_used + keep_alive_s
+            if keep_alive_s == 0:
+                with contextlib.suppress(RuntimeError):  # no running loop: the reaper will not run either
+                    asyncio.get_running_loop().create_task(self.unload(model))
+
+    async def unload(self, model: ManagedModel) -> bool:
+        """Unload now if idle; returns whether it is unloaded."""
+        async with self._lock:
+            if model.state is ModelState.LOADED and model.in_use == 0:
+                await self._unload(model)
+        return model.state is ModelState.UNLOADED
+
+    async def _unload(self, model: ManagedModel) -> None:
+        backend, model.backend = model.backend, None
+        model.state, model.load_task, model.expires_at = ModelState.UNLOADED, None, None
+        if backend is not None:
+            await backend.aclose()
+        logger.info("model %r unloaded", model.spec.name)
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for model in self._models:
+                idle = model.state is ModelState.LOADED and model.in_use == 0
+                if idle and model.expires_at is not None and now >= model.expires_at:
+                    await self.unload(model)
+
     async def aclose(self) -> None:
-        await asyncio.gather(*(model.backend.aclose() for model in self._models), return_exceptions=True)
-
-
-def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
-    """The model's path, generating the demo model there first if the entry asks for it."""
-    path = spec.resolved_path()
-    if spec.demo and not path.exists():
-        expected = {"llamacpp": "model.gguf", "paged": "hf"}.get(spec.backend)
-        if path.name != expected:
-            raise ConfigError(source, [(f"{key}.path", f"a demo model's path must end in /{expected}")])
-        from backends.tiny_model import make_tiny_model
-
-        logger.info("generating the demo model in %s (first use; no download)", path.parent)
-        make_tiny_model(path.parent, arch="llama", seed=0)
-    if not path.exists():
-        raise ConfigError(source, [(f"{key}.path", f"no such file or directory: {path}")])
-    if spec.demo:
-        logger.info("model %r: demo model at %s. %s", spec.name, path, DEMO_HINT)
-    return path
-
-
-def _load_backend(spec: ModelSpec, path: Path, settings: Settings, key: str, source: str) -> Backend:
-    try:
-        return _construct_backend(spec, path, settings)
-    except ConfigError:
-        raise
-    except NotImplementedError as exc:
-        raise ConfigError(source, [(f"{key}.backend", str(exc))]) from None
-    except Exception as exc:
-        raise ConfigError(source, [(f"{key}.path", f"cannot load {path}: {exc}")]) from exc
-
-
-def _construct_backend(spec: ModelSpec, path: Path, settings: Settings) -> Backend:
-    if spec.backend == "llamacpp":
-        from backends.llamacpp.backend import LlamaCppBackend
-
-        return LlamaCppBackend.load(
-            path,
-            model_name=spec.name,
-            context_length=spec.context_length,
-            max_queued=settings.max_queued_requests,
-            threads=settings.llamacpp_threads,
-            retry_after_s=settings.retry_after_s,
-        )
-    raise NotImplementedError(f"backend {spec.backend!r} is not available in this version yet")
-
-
-async def load_registry(
-    profile: Profile, profile_name: str, settings: Settings, source: str
-) -> ModelRegistry:
-    models: list[ServedModel] = []
-    try:
-        for index, spec in enumerate(profile.models):
-            key = f"profiles.{profile_name}.models[{index}]"
-            path = await asyncio.to_thread(ensure_model_files, spec, key, source)
-            backend = await asyncio.to_thread(_load_backend, spec, path, settings, key, source)
-            models.append(ServedModel(spec, backend))
-    except BaseException:
-        await ModelRegistry(models).aclose()
-        raise
-    return ModelRegistry(models)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for model in self._models:
+            if model.load_task is not None and not model.load_task.done():
+                with contextlib.suppress(Exception):
+                    await model.load_task
+            if model.backend is not None:
+                with contextlib.suppress(Exception):
+                    await self._unload(model)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.durations import parse_keep_alive
 
 
 class Settings(BaseSettings):
@@ -24,6 +26,17 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 when a queue is full")
     llamacpp_threads: int | None = Field(None, gt=0, description="llama.cpp threads; default all cores")
+    keep_alive: str = Field("5m", description="default time a model stays loaded after its last request")
+    max_loaded_models: int = Field(3, gt=0, description="models loaded at once; the LRU idle one is evicted")
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="models are unloaded or refused before loading past this; default 80% of RAM"
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str) -> str:
+        parse_keep_alive(value)
+        return value
 
     def resolved_home(self) -> Path:
         return self.home.expanduser()

@@ -7,17 +7,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from backends.base import Backend, GenerationChunk, GenerationStream, TokenLogprob
+from backends.base import GenerationChunk, GenerationStream, TokenLogprob
 from gateway.errors import APIError
 from gateway.generation import PreparedGeneration
 from gateway.metrics import GatewayMetrics
 from gateway.openai_protocol import ErrorBody
+from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ModelManager, ServedModel
 
 logger = logging.getLogger("tandem.gateway")
 
@@ -49,15 +50,16 @@ class Generation:
     still running in the backend.
     """
 
-    def __init__(
-        self, backend: Backend, prepared: PreparedGeneration, metrics: GatewayMetrics, model: str
-    ) -> None:
+    def __init__(self, lease: Lease, prepared: PreparedGeneration, metrics: GatewayMetrics) -> None:
+        self._lease = lease
         self._streams: list[GenerationStream] = []
+        backend, model = lease.served.backend, lease.served.spec.name
         try:
             for request in prepared.requests:
                 self._streams.append(backend.generate(request))
         except BaseException:
             self._abort()
+            lease.release()
             raise
         self.prompt_tokens = prepared.prompt_tokens
         self._finished = 0
@@ -75,11 +77,16 @@ class Generation:
     async def __aenter__(self) -> Generation:
         return self
 
+    @property
+    def load_seconds(self) -> float:
+        return self._lease.load_seconds
+
     async def __aexit__(self, *exc_info: object) -> None:
         self._tracker.finish(completed=self._finished == len(self._streams))
         for stream in self._streams:
             with contextlib.suppress(Exception):
                 await stream.aclose()
+        self._lease.release()
 
     def _observe(self, index: int, chunk: GenerationChunk) -> None:
         self._tracker.on_chunk(index, chunk)
@@ -131,6 +138,23 @@ class Generation:
 
         await run_until_disconnect(request, consume())
         return results
+
+
+async def open_generation(
+    models: ModelManager,
+    model: ManagedModel,
+    prepare: Callable[[ServedModel], PreparedGeneration],
+    metrics: GatewayMetrics,
+    keep_alive_s: float | object | None = DEFAULT_KEEP_ALIVE,
+) -> Generation:
+    """Hold the model loaded, prepare the request on it and admit it; the Generation owns the hold."""
+    lease = await models.acquire(model, keep_alive_s)
+    try:
+        prepared = prepare(lease.served)
+    except BaseException:
+        lease.release()
+        raise
+    return Generation(lease, prepared, metrics)
 
 
 async def run_until_disconnect(request: Request, work: object) -> None:

@@ -21,7 +21,6 @@ from backends.base import (
     BackendUnavailableError,
     ChatMessage,
     GenerationRequest,
-    ModelInfo,
     QueueFullError,
 )
 from backends.chat_template import ChatTemplate, ChatTemplateError
@@ -87,9 +86,6 @@ class LlamaCppBackend:
     @property
     def vocab_size(self) -> int:
         return self._session.vocab_size
-
-    def describe(self) -> ModelInfo:
-        return self._session.describe()
 
     def stats(self) -> BackendStats:
         running = int(self._running)

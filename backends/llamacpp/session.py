@@ -8,15 +8,10 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from backends.base import FinishReason, GenerationChunk, GenerationRequest, ModelInfo, TokenLogprob
+from backends.base import FinishReason, GenerationChunk, GenerationRequest, TokenLogprob
 from backends.llamacpp.sampler import SampledToken, SequenceSampler
 from backends.streams import ChunkSink
 from backends.text_stream import TextAssembler
-
-# general.file_type of GGUF (llama.cpp's llama_ftype), the common ones
-GGUF_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-                   11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-                   17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}  # fmt: skip
 
 
 class LlamaSession:
@@ -45,19 +40,6 @@ class LlamaSession:
     @property
     def context_length(self) -> int:
         return self._llm.n_ctx()
-
-    def describe(self) -> ModelInfo:
-        metadata = self._llm.metadata
-        file_type = int(metadata.get("general.file_type", "-1"))
-        quantization = GGUF_FILE_TYPES.get(file_type, "unknown")
-        return ModelInfo(
-            format="gguf",
-            family=metadata.get("general.architecture", "unknown"),
-            parameter_count=self._llm._model.n_params(),
-            quantization=quantization,
-            size_bytes=self._path.stat().st_size,
-            chat_template=self.chat_template_source,
-        )
 
     @property
     def vocab_size(self) -> int:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import MetricsDep, RegistryDep, resolve_model
+from gateway.deps import MetricsDep, ModelsDep, resolve_model
 from gateway.errors import APIError
 from gateway.generation import prepare_chat
 from gateway.openai_protocol import (
@@ -26,7 +26,7 @@ from gateway.openai_protocol import (
     TopLogprob,
     Usage,
 )
-from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, sse, stream_error
+from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, open_generation, sse, stream_error
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -49,11 +49,11 @@ def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, registry: RegistryDep, metrics: MetricsDep
+    body: ChatCompletionRequest, request: Request, models: ModelsDep, metrics: MetricsDep
 ) -> ChatCompletion | StreamingResponse:
-    model = resolve_model(registry, body.model, request)
-    prepared = prepare_chat(body, model, request.state.request_id)
-    generation = Generation(model.backend, prepared, metrics, model.spec.name)
+    model = resolve_model(models, body.model, request)
+    request_id = request.state.request_id
+    generation = await open_generation(models, model, lambda m: prepare_chat(body, m, request_id), metrics)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = _stream(generation, body, model.spec.name, completion_id, created)
@@ -75,9 +75,9 @@ async def create_chat_completion(
             for i, r in enumerate(results)
         ],
         usage=Usage(
-            prompt_tokens=prepared.prompt_tokens,
+            prompt_tokens=generation.prompt_tokens,
             completion_tokens=completion_tokens,
-            total_tokens=prepared.prompt_tokens + completion_tokens,
+            total_tokens=generation.prompt_tokens + completion_tokens,
         ),
     )
 

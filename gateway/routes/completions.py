@@ -10,10 +10,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import MetricsDep, RegistryDep, resolve_model
+from gateway.deps import MetricsDep, ModelsDep, resolve_model
 from gateway.generation import PreparedGeneration, completion_prompts, prepare_completion
 from gateway.openai_protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
-from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, sse, stream_error
+from gateway.registry import ServedModel
+from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, open_generation, sse, stream_error
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -33,20 +34,23 @@ def completion_logprobs(items: list[TokenLogprob], text_offset: int = 0) -> Comp
 
 @router.post("/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, request: Request, registry: RegistryDep, metrics: MetricsDep
+    body: CompletionRequest, request: Request, models: ModelsDep, metrics: MetricsDep
 ) -> Completion | StreamingResponse:
-    model = resolve_model(registry, body.model, request)
-    # a batch of prompts fans out to len(prompts) * n choices, numbered prompt-major as OpenAI does
+    model = resolve_model(models, body.model, request)
     prompts, request_id = completion_prompts(body), request.state.request_id
-    parts = [
-        prepare_completion(body, model, prompt, f"{request_id}-p{i}" if len(prompts) > 1 else request_id)
-        for i, prompt in enumerate(prompts)
-    ]
-    prepared = PreparedGeneration(
-        requests=[r for part in parts for r in part.requests],
-        prompt_tokens=sum(part.prompt_tokens for part in parts),
-    )
-    generation = Generation(model.backend, prepared, metrics, model.spec.name)
+
+    def prepare(served: ServedModel) -> PreparedGeneration:
+        # a batch of prompts fans out to len(prompts) * n choices, numbered prompt-major as OpenAI does
+        parts = [
+            prepare_completion(body, served, prompt, f"{request_id}-p{i}" if len(prompts) > 1 else request_id)
+            for i, prompt in enumerate(prompts)
+        ]
+        return PreparedGeneration(
+            requests=[r for part in parts for r in part.requests],
+            prompt_tokens=sum(part.prompt_tokens for part in parts),
+        )
+
+    generation = await open_generation(models, model, prepare, metrics)
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     with_logprobs = body.logprobs is not None
     if body.stream:
@@ -69,9 +73,9 @@ async def create_completion(
             for i, r in enumerate(results)
         ],
         usage=Usage(
-            prompt_tokens=prepared.prompt_tokens,
+            prompt_tokens=generation.prompt_tokens,
             completion_tokens=completion_tokens,
-            total_tokens=prepared.prompt_tokens + completion_tokens,
+            total_tokens=generation.prompt_tokens + completion_tokens,
         ),
     )
 

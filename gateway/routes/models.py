@@ -1,31 +1,32 @@
-"""GET /v1/models and /v1/models/{id}."""
+"""GET /v1/models and /v1/models/{id}: every configured model, loaded or not."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gateway.deps import RegistryDep, resolve_model
+from gateway.deps import ModelsDep, resolve_model
 from gateway.openai_protocol import ModelCard, ModelList
-from gateway.registry import ServedModel
+from gateway.registry import ManagedModel
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-def _card(model: ServedModel) -> ModelCard:
+def _card(model: ManagedModel) -> ModelCard:
     return ModelCard(
         id=model.spec.name,
         created=model.created,
-        backend=model.backend.kind,
+        backend=model.spec.backend,
         aliases=model.spec.aliases,
-        context_length=model.backend.context_length,
+        context_length=model.context_length,
+        state=model.state.value,
     )
 
 
 @router.get("/models")
-async def list_models(registry: RegistryDep) -> ModelList:
-    return ModelList(data=[_card(model) for model in registry])
+async def list_models(models: ModelsDep) -> ModelList:
+    return ModelList(data=[_card(model) for model in models])
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, registry: RegistryDep, request: Request) -> ModelCard:
-    return _card(resolve_model(registry, model_id, request))
+async def get_model(model_id: str, models: ModelsDep, request: Request) -> ModelCard:
+    return _card(resolve_model(models, model_id, request))

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from backends.base import ChatMessage
-from gateway.deps import MetricsDep, RegistryDep
+from gateway.deps import MetricsDep, ModelsDep
+from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
 from gateway.generation import OLLAMA_DEFAULTS, PreparedGeneration, chat_prompt_ids, prepare_tokens
 from gateway.ollama_protocol import (
@@ -26,9 +27,9 @@ from gateway.ollama_protocol import (
     timestamp,
 )
 from gateway.openai_protocol import _SamplingFields
-from gateway.registry import ServedModel
+from gateway.registry import DEFAULT_KEEP_ALIVE, ManagedModel, ServedModel
 from gateway.routes.ollama_models import resolve_ollama_model
-from gateway.streaming import Generation
+from gateway.streaming import Generation, open_generation
 
 logger = logging.getLogger("tandem.gateway")
 router = APIRouter(prefix="/api", tags=["ollama"])
@@ -77,12 +78,12 @@ def _prepare(
 
 
 def _timings(generation: Generation, eval_count: int) -> dict:
-    """Ollama's timing fields, in nanoseconds, measured (models are loaded before serving: no load time)."""
+    """Ollama's timing fields, in nanoseconds, measured."""
     end = time.perf_counter_ns()
     first = generation.first_token_ns or end
-    start = generation.started_ns
+    start, load = generation.started_ns, int(generation.load_seconds * 1e9)
     return Timings(
-        total_duration=end - start, load_duration=0, prompt_eval_count=generation.prompt_tokens,
+        total_duration=end - start + load, load_duration=load, prompt_eval_count=generation.prompt_tokens,
         prompt_eval_duration=first - start, eval_count=eval_count, eval_duration=end - first,
     ).model_dump()  # fmt: skip
 
@@ -125,18 +126,42 @@ async def _respond(
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
+def _keep_alive(body: ChatRequest | GenerateRequest) -> float | object | None:
+    if body.keep_alive is None:
+        return DEFAULT_KEEP_ALIVE
+    try:
+        return parse_keep_alive(body.keep_alive)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+async def _load_only(models: ModelsDep, model: ManagedModel, keep_alive: float | object | None) -> str:
+    """Ollama's way to load (or, with keep_alive 0, unload) a model: a request with nothing to generate."""
+    if keep_alive == 0:
+        await models.unload(model)
+        return "unload"
+    (await models.acquire(model, keep_alive)).release()
+    return "load"
+
+
 @router.post("/chat", response_model=None)
-async def chat(body: ChatRequest, request: Request, registry: RegistryDep, metrics: MetricsDep):
-    model = resolve_ollama_model(registry, body.model, request)
+async def chat(body: ChatRequest, request: Request, models: ModelsDep, metrics: MetricsDep):
+    model = resolve_ollama_model(models, body.model, request)
     _check_common(body)
     if any(m.images for m in body.messages):
         raise bad_request(f"model '{body.model}' does not support images")
-    if not body.messages:  # Ollama: an empty conversation only loads the model
+    keep_alive = _keep_alive(body)
+    if not body.messages:
+        reason = await _load_only(models, model, keep_alive)
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=""),
-                            done=True, done_reason="load").model_dump()  # fmt: skip
-    prompt_ids = chat_prompt_ids(model, [ChatMessage(role=m.role, content=m.content) for m in body.messages])
-    prepared = _prepare(body, model, prompt_ids, request.state.request_id)
-    generation = Generation(model.backend, prepared, metrics, model.spec.name)
+                            done=True, done_reason=reason).model_dump()  # fmt: skip
+    messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
+    request_id = request.state.request_id
+
+    def prepare(served: ServedModel) -> PreparedGeneration:
+        return _prepare(body, served, chat_prompt_ids(served, messages), request_id)
+
+    generation = await open_generation(models, model, prepare, metrics, keep_alive)
 
     def piece(text: str, done: bool, reason: str | None) -> ChatResponse:
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=text),
@@ -145,30 +170,41 @@ async def chat(body: ChatRequest, request: Request, registry: RegistryDep, metri
     return await _respond(request, generation, body.stream, piece)
 
 
+def _generate_prompt(body: GenerateRequest, served: ServedModel) -> list[int]:
+    if body.raw:
+        prompt_ids = served.backend.tokenize(body.prompt, add_special_tokens=True)
+    else:
+        if body.template is not None:
+            raise bad_request("custom Go templates are not supported; send raw=true with a rendered prompt")
+        system = body.system if body.system is not None else served.spec.system
+        messages = [ChatMessage(role="system", content=system)] if system is not None else []
+        prompt_ids = chat_prompt_ids(served, [*messages, ChatMessage(role="user", content=body.prompt)])
+    prompt_ids = [*(body.context or []), *prompt_ids]
+    if any(not 0 <= t < served.backend.vocab_size for t in prompt_ids):
+        raise bad_request("context holds token ids this model does not have")
+    return prompt_ids
+
+
 @router.post("/generate", response_model=None)
-async def generate(body: GenerateRequest, request: Request, registry: RegistryDep, metrics: MetricsDep):
-    model = resolve_ollama_model(registry, body.model, request)
+async def generate(body: GenerateRequest, request: Request, models: ModelsDep, metrics: MetricsDep):
+    model = resolve_ollama_model(models, body.model, request)
     _check_common(body)
     if body.images:
         raise bad_request(f"model '{body.model}' does not support images")
     if body.suffix:
         raise bad_request(f"model '{body.model}' does not support insert (suffix)")
-    if not body.prompt and not body.context:  # Ollama: an empty prompt only loads the model
+    keep_alive = _keep_alive(body)
+    if not body.prompt and not body.context:
+        reason = await _load_only(models, model, keep_alive)
         return GenerateResponse(model=body.model, created_at=timestamp(), response="", done=True,
-                                done_reason="load").model_dump(exclude_none=True)  # fmt: skip
-    if body.raw:
-        prompt_ids = model.backend.tokenize(body.prompt, add_special_tokens=True)
-    else:
-        if body.template is not None:
-            raise bad_request("custom Go templates are not supported; send raw=true with a rendered prompt")
-        system = body.system if body.system is not None else model.spec.system
-        messages = [ChatMessage(role="system", content=system)] if system is not None else []
-        prompt_ids = chat_prompt_ids(model, [*messages, ChatMessage(role="user", content=body.prompt)])
-    prompt_ids = [*(body.context or []), *prompt_ids]
-    if any(not 0 <= t < model.backend.vocab_size for t in prompt_ids):
-        raise bad_request("context holds token ids this model does not have")
-    prepared = _prepare(body, model, prompt_ids, request.state.request_id)
-    generation = Generation(model.backend, prepared, metrics, model.spec.name)
+                                done_reason=reason).model_dump(exclude_none=True)  # fmt: skip
+    request_id, prompt_ids = request.state.request_id, []
+
+    def prepare(served: ServedModel) -> PreparedGeneration:
+        prompt_ids.extend(_generate_prompt(body, served))
+        return _prepare(body, served, prompt_ids, request_id)
+
+    generation = await open_generation(models, model, prepare, metrics, keep_alive)
 
     def piece(text: str, done: bool, reason: str | None) -> GenerateResponse:
         return GenerateResponse(model=body.model, created_at=timestamp(), response=text, done=done,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request
 
 from backends.base import ModelInfo
 from gateway import __version__
-from gateway.deps import RegistryDep
+from gateway.deps import ModelsDep, record_model
 from gateway.errors import APIError, bad_request
 from gateway.ollama_protocol import (
     OLLAMA_API_VERSION,
@@ -22,7 +23,7 @@ from gateway.ollama_protocol import (
     TagsResponse,
     VersionResponse,
 )
-from gateway.registry import ModelRegistry, ServedModel
+from gateway.registry import ManagedModel, ModelManager
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 LATEST = ":latest"
@@ -33,13 +34,12 @@ def _ollama_name(name: str) -> str:
     return name if ":" in name else name + LATEST
 
 
-def resolve_ollama_model(registry: ModelRegistry, name: str, request: Request) -> ServedModel:
+def resolve_ollama_model(models: ModelManager, name: str, request: Request) -> ManagedModel:
     """Ollama names carry a tag; "tiny:latest" is "tiny"."""
-    model = registry.resolve(name) or registry.resolve(name.removesuffix(LATEST))
+    model = models.resolve(name) or models.resolve(name.removesuffix(LATEST))
     if model is None:
         raise APIError(404, f"model '{name}' not found", type="not_found_error")
-    request.state.tandem_backend = model.backend.kind
-    request.state.tandem_model = model.spec.name
+    record_model(request, model)
     return model
 
 
@@ -60,12 +60,11 @@ def _details(info: ModelInfo) -> ModelDetails:
     )
 
 
-def _listed(model: ServedModel, name: str) -> ListedModel:
-    info = model.backend.describe()
-    path = model.spec.resolved_path() if model.spec.path else None
-    modified = datetime.fromtimestamp(path.stat().st_mtime if path else model.created, UTC)
+def _listed(model: ManagedModel, name: str) -> ListedModel:
+    info = model.info
+    modified = datetime.fromtimestamp(model.created, UTC)
     # Hashing multi-GB weights on every listing is too slow; identify the file by path, size and time instead.
-    digest = hashlib.sha256(f"{path}:{info.size_bytes}:{modified.timestamp()}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{model.path}:{info.size_bytes}:{model.created}".encode()).hexdigest()
     return ListedModel(
         name=name, model=name, modified_at=modified.isoformat(), size=info.size_bytes, digest=digest,
         details=_details(info),
@@ -73,20 +72,24 @@ def _listed(model: ServedModel, name: str) -> ListedModel:
 
 
 @router.get("/tags")
-async def tags(registry: RegistryDep) -> TagsResponse:
-    return TagsResponse(models=[_listed(m, _ollama_name(name)) for m in registry for name in m.names])
+async def tags(models: ModelsDep) -> TagsResponse:
+    return TagsResponse(models=[_listed(m, _ollama_name(name)) for m in models for name in m.names])
+
+
+def _expires_at(model: ManagedModel) -> str:
+    if model.expires_at is None:  # in use, or kept forever: Ollama shows a far-future expiry
+        return (datetime.now(UTC) + timedelta(days=365 * 100)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=max(model.expires_at - time.monotonic(), 0))).isoformat()
 
 
 @router.get("/ps")
-async def running(registry: RegistryDep) -> PsResponse:
-    # Models stay loaded while tandem runs; Ollama reports "forever" as a far-future expiry.
-    forever = (datetime.now(UTC) + timedelta(days=365 * 100)).isoformat()
+async def running(models: ModelsDep) -> PsResponse:
     return PsResponse(
         models=[
             RunningModel(
-                **_listed(m, _ollama_name(m.spec.name)).model_dump(), expires_at=forever, size_vram=0
+                **_listed(m, _ollama_name(m.spec.name)).model_dump(), expires_at=_expires_at(m), size_vram=0
             )
-            for m in registry
+            for m in models.loaded()
         ]
     )
 
@@ -96,7 +99,7 @@ async def version() -> VersionResponse:
     return VersionResponse(version=OLLAMA_API_VERSION)
 
 
-def _modelfile(model: ServedModel) -> tuple[str, str]:
+def _modelfile(model: ManagedModel) -> tuple[str, str]:
     spec = model.spec
     parameters = [
         f"{OLLAMA_PARAMETER_NAMES.get(name, name)} {value}"
@@ -111,12 +114,12 @@ def _modelfile(model: ServedModel) -> tuple[str, str]:
 
 
 @router.post("/show")
-async def show(body: ShowRequest, registry: RegistryDep, request: Request) -> ShowResponse:
+async def show(body: ShowRequest, models: ModelsDep, request: Request) -> ShowResponse:
     name = body.model or body.name
     if not name:
         raise bad_request("model is required")
-    model = resolve_ollama_model(registry, name, request)
-    info = model.backend.describe()
+    model = resolve_ollama_model(models, name, request)
+    info = model.info
     modelfile, parameters = _modelfile(model)
     listed = _listed(model, _ollama_name(name))
     return ShowResponse(
@@ -128,7 +131,7 @@ async def show(body: ShowRequest, registry: RegistryDep, request: Request) -> Sh
         model_info={
             "general.architecture": info.family,
             "general.parameter_count": info.parameter_count,
-            f"{info.family}.context_length": model.backend.context_length,
+            f"{info.family}.context_length": model.context_length,
         },
         capabilities=["completion"],
         modified_at=listed.modified_at,

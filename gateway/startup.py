@@ -1,0 +1,87 @@
+"""From the active profile to a ModelManager: check every model's files at start, load backends on demand."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from backends.base import Backend
+from backends.inspect import inspect_model
+from gateway.config import ConfigError, ModelSpec, Profile
+from gateway.durations import parse_keep_alive
+from gateway.registry import ManagedModel, ModelManager
+from gateway.settings import Settings
+
+logger = logging.getLogger("tandem.gateway")
+
+DEMO_HINT = (
+    "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, "
+    "point a model entry's `path` at a GGUF file in config/tandem.yaml "
+    "(or in a file given by --config / TANDEM_CONFIG)."
+)
+
+
+def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
+    """The model's path, generating the demo model there first if the entry asks for it."""
+    path = spec.resolved_path()
+    if spec.demo and not path.exists():
+        expected = {"llamacpp": "model.gguf", "paged": "hf"}.get(spec.backend)
+        if path.name != expected:
+            raise ConfigError(source, [(f"{key}.path", f"a demo model's path must end in /{expected}")])
+        from backends.tiny_model import make_tiny_model
+
+        logger.info("generating the demo model in %s (first use; no download)", path.parent)
+        make_tiny_model(path.parent, arch="llama", seed=0)
+    if not path.exists():
+        raise ConfigError(source, [(f"{key}.path", f"no such file or directory: {path}")])
+    try:
+        inspect_model(path)  # a cheap read of the header: a broken file fails now, not at first use
+    except Exception as exc:
+        raise ConfigError(
+            source, [(f"{key}.path", f"cannot load {path}: not a readable model ({exc})")]
+        ) from None
+    if spec.demo:
+        logger.info("model %r: demo model at %s. %s", spec.name, path, DEMO_HINT)
+    return path
+
+
+def load_backend(model: ManagedModel, settings: Settings) -> Backend:
+    """Runs in a worker thread: may take seconds (llama.cpp) to minutes (a large checkpoint)."""
+    spec = model.spec
+    if spec.backend == "llamacpp":
+        from backends.llamacpp.backend import LlamaCppBackend
+
+        return LlamaCppBackend.load(
+            model.path,
+            model_name=spec.name,
+            context_length=spec.context_length,
+            max_queued=settings.max_queued_requests,
+            threads=settings.llamacpp_threads,
+            retry_after_s=settings.retry_after_s,
+        )
+    raise NotImplementedError(f"backend {spec.backend!r} is not available in this version yet")
+
+
+def _memory_budget(settings: Settings) -> int:
+    if settings.memory_budget_gb is not None:
+        return int(settings.memory_budget_gb * 2**30)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total * 0.8)  # leave the rest to the OS and the gateway itself
+
+
+def build_manager(profile: Profile, profile_name: str, settings: Settings, source: str) -> ModelManager:
+    models = []
+    for index, spec in enumerate(profile.models):
+        key = f"profiles.{profile_name}.models[{index}]"
+        if spec.backend not in ("llamacpp",):
+            raise ConfigError(source, [(f"{key}.backend", f"backend {spec.backend!r} is not available yet")])
+        path = ensure_model_files(spec, key, source)
+        keep_alive = parse_keep_alive(spec.keep_alive if spec.keep_alive is not None else settings.keep_alive)
+        models.append(ManagedModel(spec, path, keep_alive))
+    return ModelManager(
+        models,
+        loader=lambda model: load_backend(model, settings),
+        max_loaded=settings.max_loaded_models,
+        memory_budget_bytes=_memory_budget(settings),
+    )
