@@ -7,16 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import __version__
+from gateway import __version__, routes
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import TandemHeadersMiddleware
+from gateway.model_store import ModelStore
 from gateway.registry import ModelManager
-from gateway import routes
 from gateway.settings import Settings
 
 
-def create_app(settings: Settings, models: ModelManager) -> FastAPI:
+def create_app(settings: Settings, models: ModelManager, store: ModelStore) -> FastAPI:
     """`models` is built by the caller, so a bad config or model file fails before the server listens."""
     metrics = GatewayMetrics(models)
 
@@ -25,6 +25,7 @@ def create_app(settings: Settings, models: ModelManager) -> FastAPI:
         app.state.settings = settings
         app.state.models = models
         app.state.metrics = metrics
+        app.state.store = store
         await models.start()  # preloads the models that ask for it
         try:
             yield

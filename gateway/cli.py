@@ -11,7 +11,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from backends.base import BackendUnavailableError
+from gateway import cli_create
 from gateway.config import ConfigError, Profile, load_config, select_profile
+from gateway.model_store import ModelStore
 from gateway.settings import Settings
 
 logger = logging.getLogger("tandem")
@@ -38,13 +40,14 @@ async def _serve(settings: Settings, profile_name: str, profile: Profile, source
     from gateway.app import create_app
     from gateway.startup import build_manager
 
-    models = build_manager(profile, profile_name, settings, source)
+    store = ModelStore(settings.resolved_home() / "models" / "created")
+    models = build_manager(profile, profile_name, settings, source, store)
     try:
         await models.start()  # preloads: a model that cannot load fails here, before the server listens
     except BackendUnavailableError as exc:
         await models.aclose()
         raise ConfigError(source, [("", str(exc))]) from None
-    app = create_app(settings, models)
+    app = create_app(settings, models, store)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
     )
@@ -130,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=cmd_make_tiny_model)
+
+    cli_create.add_commands(commands)
 
     bench = commands.add_parser("bench", help="benchmarks (tandem bench throughput --help)")
     bench.add_argument("bench_kind", choices=["throughput"])

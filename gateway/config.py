@@ -47,6 +47,11 @@ class ModelParameters(_Strict):
     stop: list[str] | None = None
 
 
+class MessageSpec(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ModelSpec(_Strict):
     name: str = Field(description="what clients send as `model`")
     backend: Literal["llamacpp", "paged", "remote"]
@@ -61,6 +66,12 @@ class ModelSpec(_Strict):
         None, description="how long to stay loaded after the last request ('5m', 0, -1 = forever)"
     )
     engine: dict[str, Any] | None = Field(None, description="paged engine settings (backend: paged only)")
+    messages: list[MessageSpec] = Field(
+        default_factory=list, description="conversation that precedes every chat (Modelfile MESSAGE)"
+    )
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template replacing the model's own (Modelfile TEMPLATE)"
+    )
 
     @field_validator("name", "aliases")
     @classmethod

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from gateway.errors import model_not_found
 from gateway.metrics import GatewayMetrics
+from gateway.model_store import ModelStore
 from gateway.registry import ManagedModel, ModelManager
 from gateway.settings import Settings
 
@@ -24,9 +25,14 @@ def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
+def get_store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
 
 
 def record_model(request: Request, model: ManagedModel) -> None:

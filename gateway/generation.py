@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backends.base import ChatMessage, GenerationRequest, SamplingParams
-from backends.chat_template import ChatTemplateError
+from backends.chat_template import ChatTemplate, ChatTemplateError
 from gateway.errors import APIError, bad_request
 from gateway.openai_protocol import (
     UNSUPPORTED_CHAT_FIELDS,
@@ -166,11 +166,17 @@ def prepare_tokens(
 
 
 def chat_prompt_ids(model: ServedModel, messages: list[ChatMessage]) -> list[int]:
-    """The conversation through the model's chat template, with its default system prompt if none is given."""
-    if model.spec.system is not None and not any(m.role == "system" for m in messages):
-        messages = [ChatMessage(role="system", content=model.spec.system), *messages]
+    """The conversation through the model's chat template, after the model's own preamble (Modelfile
+    MESSAGE) and with its default system prompt if the conversation has none."""
+    spec = model.spec
+    messages = [*(ChatMessage(role=m.role, content=m.content) for m in spec.messages), *messages]
+    if spec.system is not None and not any(m.role == "system" for m in messages):
+        messages = [ChatMessage(role="system", content=spec.system), *messages]
     try:
-        prompt = model.backend.apply_chat_template(messages)
+        if spec.chat_template is not None:
+            prompt = ChatTemplate(spec.chat_template).render(messages)
+        else:
+            prompt = model.backend.apply_chat_template(messages)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), param="messages") from None
     return model.backend.tokenize(prompt, add_special_tokens=False)

@@ -43,8 +43,11 @@ class ServedModel:
 class ManagedModel:
     """One configured model: its files, its state, and who is using it."""
 
-    def __init__(self, spec: ModelSpec, path: Path, default_keep_alive_s: float | None) -> None:
+    def __init__(
+        self, spec: ModelSpec, path: Path, default_keep_alive_s: float | None, created: bool = False
+    ) -> None:
         self.spec = spec
+        self.user_created = created  # made through the API (Modelfile, copy), not in the config file
         self.path = path
         self.default_keep_alive_s = default_keep_alive_s
         self.state = ModelState.UNLOADED
@@ -106,9 +109,15 @@ DEFAULT_KEEP_ALIVE = object()  # the model's own keep_alive, when a request name
 
 class ModelManager:
     def __init__(
-        self, models: list[ManagedModel], loader: Loader, max_loaded: int, memory_budget_bytes: int
+        self,
+        models: list[ManagedModel],
+        loader: Loader,
+        max_loaded: int,
+        memory_budget_bytes: int,
+        default_keep_alive_s: float | None = 300.0,
     ) -> None:
         self._models = models
+        self.default_keep_alive_s = default_keep_alive_s  # for models created at run time
         self._by_name = {name: model for model in models for name in model.names}
         self._loader = loader
         self._max_loaded = max_loaded
@@ -118,6 +127,32 @@ class ModelManager:
 
     def resolve(self, name: str) -> ManagedModel | None:
         return self._by_name.get(name)
+
+    def _index(self) -> None:
+        self._by_name = {name: model for model in self._models for name in model.names}
+
+    async def add(self, model: ManagedModel) -> None:
+        """Serve a model created at run time, replacing an earlier created model of the same name."""
+        async with self._lock:
+            taken = [self._by_name[n] for n in model.names if n in self._by_name]
+            if any(not m.user_created for m in taken):
+                raise APIError(400, f"model {model.spec.name!r} is defined in the config file; edit it there")
+            for old in taken:
+                await self._retire(old)
+            self._models.append(model)
+            self._index()
+
+    async def remove(self, model: ManagedModel) -> None:
+        async with self._lock:
+            await self._retire(model)
+            self._index()
+
+    async def _retire(self, model: ManagedModel) -> None:
+        if model.in_use or model.state is ModelState.LOADING:
+            raise APIError(409, f"model {model.spec.name!r} is in use; try again when its requests finish")
+        if model.state is ModelState.LOADED:
+            await self._unload(model)
+        self._models.remove(model)
 
     def __iter__(self) -> Iterator[ManagedModel]:
         return iter(self._models)

@@ -10,10 +10,12 @@ from backends.base import Backend
 from backends.inspect import inspect_model
 from gateway.config import ConfigError, ModelSpec, Profile
 from gateway.durations import parse_keep_alive
+from gateway.model_store import ModelStore
 from gateway.registry import ManagedModel, ModelManager
 from gateway.settings import Settings
 
 logger = logging.getLogger("tandem.gateway")
+AVAILABLE_BACKENDS = ("llamacpp",)
 
 DEMO_HINT = (
     "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, "
@@ -70,18 +72,44 @@ def _memory_budget(settings: Settings) -> int:
     return int(total * 0.8)  # leave the rest to the OS and the gateway itself
 
 
-def build_manager(profile: Profile, profile_name: str, settings: Settings, source: str) -> ModelManager:
+def _stored_models(
+    store: ModelStore, taken: set[str], default_keep_alive: float | None
+) -> list[ManagedModel]:
+    """Models created through the API. One that cannot be served now is reported and kept on disk."""
     models = []
+    for spec in store.load():
+        path = spec.resolved_path()
+        if spec.name in taken:
+            logger.warning("created model %r is shadowed by the config file's model of that name", spec.name)
+        elif spec.backend not in AVAILABLE_BACKENDS or not path.exists():
+            logger.error("created model %r cannot be served: %s is missing or its backend is not available",
+                         spec.name, path)  # fmt: skip
+        else:
+            keep_alive = (
+                parse_keep_alive(spec.keep_alive) if spec.keep_alive is not None else default_keep_alive
+            )
+            models.append(ManagedModel(spec, path, keep_alive, created=True))
+            taken.add(spec.name)
+    return models
+
+
+def build_manager(
+    profile: Profile, profile_name: str, settings: Settings, source: str, store: ModelStore
+) -> ModelManager:
+    models = []
+    default_keep_alive = parse_keep_alive(settings.keep_alive)
     for index, spec in enumerate(profile.models):
         key = f"profiles.{profile_name}.models[{index}]"
-        if spec.backend not in ("llamacpp",):
+        if spec.backend not in AVAILABLE_BACKENDS:
             raise ConfigError(source, [(f"{key}.backend", f"backend {spec.backend!r} is not available yet")])
         path = ensure_model_files(spec, key, source)
-        keep_alive = parse_keep_alive(spec.keep_alive if spec.keep_alive is not None else settings.keep_alive)
+        keep_alive = parse_keep_alive(spec.keep_alive) if spec.keep_alive is not None else default_keep_alive
         models.append(ManagedModel(spec, path, keep_alive))
+    models += _stored_models(store, {n for m in models for n in m.names}, default_keep_alive)
     return ModelManager(
         models,
         loader=lambda model: load_backend(model, settings),
         max_loaded=settings.max_loaded_models,
         memory_budget_bytes=_memory_budget(settings),
+        default_keep_alive_s=default_keep_alive,
     )

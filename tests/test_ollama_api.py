@@ -26,6 +26,7 @@ def test_show_and_ps(client):
     assert "<|im_start|>" in shown.template
     assert shown.modelinfo["general.architecture"] == "llama"
     assert shown.capabilities == ["completion"]
+    client.generate(model="tiny", prompt="")  # load it, if no earlier test has
     running = client.ps().models
     assert [m.model for m in running] == ["tiny:latest"]
 

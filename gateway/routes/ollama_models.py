@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request
 
-from backends.base import ModelInfo
+from backends.base import ChatMessage, ModelInfo
 from gateway import __version__
 from gateway.deps import ModelsDep, record_model
 from gateway.errors import APIError, bad_request
+from gateway.modelfile import render_modelfile
 from gateway.ollama_protocol import (
     OLLAMA_API_VERSION,
     ListedModel,
@@ -27,7 +28,6 @@ from gateway.registry import ManagedModel, ModelManager
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 LATEST = ":latest"
-OLLAMA_PARAMETER_NAMES = {"max_tokens": "num_predict", "repetition_penalty": "repeat_penalty"}
 
 
 def _ollama_name(name: str) -> str:
@@ -100,17 +100,18 @@ async def version() -> VersionResponse:
 
 
 def _modelfile(model: ManagedModel) -> tuple[str, str]:
+    """The Modelfile that recreates the model, and its PARAMETER lines alone (as Ollama's `parameters`)."""
     spec = model.spec
-    parameters = [
-        f"{OLLAMA_PARAMETER_NAMES.get(name, name)} {value}"
-        for name, value in spec.parameters.model_dump(exclude_none=True).items()
-        if name != "stop"
-    ] + [f'stop "{stop}"' for stop in spec.parameters.stop or []]
-    lines = [f"# tandem {__version__}: model {spec.name} on backend {spec.backend}", f"FROM {spec.path}"]
-    if spec.system is not None:
-        lines.append(f'SYSTEM """{spec.system}"""')
-    lines += [f"PARAMETER {p}" for p in parameters]
-    return "\n".join(lines) + "\n", "\n".join(parameters)
+    parameters = spec.parameters.model_dump(exclude_none=True)
+    if spec.context_length is not None:
+        parameters["context_length"] = spec.context_length
+    messages = [ChatMessage(role=m.role, content=m.content) for m in spec.messages]
+    text = render_modelfile(str(model.path), spec.system, parameters, messages)
+    header = f"# tandem {__version__}: model {spec.name} on backend {spec.backend}\n"
+    parameter_lines = [
+        line.removeprefix("PARAMETER ") for line in text.splitlines() if line.startswith("PARAMETER")
+    ]
+    return header + text, "\n".join(parameter_lines)
 
 
 @router.post("/show")
@@ -125,7 +126,7 @@ async def show(body: ShowRequest, models: ModelsDep, request: Request) -> ShowRe
     return ShowResponse(
         modelfile=modelfile,
         parameters=parameters,
-        template=info.chat_template or "",
+        template=model.spec.chat_template or info.chat_template or "",
         system=model.spec.system or "",
         details=listed.details,
         model_info={

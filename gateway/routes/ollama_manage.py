@@ -1,0 +1,184 @@
+"""Ollama's model management: POST /api/create (Modelfile), DELETE /api/delete, POST /api/copy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from backends.base import ChatMessage
+from backends.chat_template import ChatTemplate, ChatTemplateError
+from gateway.config import ModelSpec
+from gateway.deps import ModelsDep, StoreDep
+from gateway.errors import APIError, bad_request
+from gateway.modelfile import Modelfile, ModelfileError, parse_modelfile, set_parameter
+from gateway.registry import ManagedModel, ModelManager
+from gateway.routes.ollama_models import LATEST, resolve_ollama_model
+
+router = APIRouter(prefix="/api", tags=["ollama"])
+GO_TEMPLATE_MARKERS = ("{{ .", "{{- .", "{{.", ".Prompt", ".Messages")
+
+
+class CreateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    name: str | None = None  # the older spelling
+    modelfile: str | None = None  # the older API: the Modelfile's text
+    from_: str | None = None
+    system: str | None = None
+    template: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, str]] | None = None
+    adapters: dict[str, str] | None = None
+    quantize: str | None = None
+    license: str | list[str] | None = None
+    stream: bool = True
+
+    def __init__(self, **data: Any) -> None:
+        if "from" in data:  # a Python keyword: accepted under its JSON name
+            data["from_"] = data.pop("from")
+        super().__init__(**data)
+
+
+class CopyRequest(BaseModel):
+    source: str
+    destination: str
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    name: str | None = None
+
+
+def _modelfile_of(body: CreateRequest) -> Modelfile:
+    try:
+        result = parse_modelfile(body.modelfile) if body.modelfile else Modelfile(base=body.from_ or "")
+        result.system = body.system if body.system is not None else result.system
+        result.template = body.template if body.template is not None else result.template
+        for name, value in (body.parameters or {}).items():
+            for item in value if isinstance(value, list) else [value]:
+                set_parameter(result, name, str(item))
+        result.messages += [
+            ChatMessage(role=m.get("role", ""), content=m.get("content", "")) for m in body.messages or []
+        ]
+    except ModelfileError as exc:
+        raise bad_request(str(exc)) from None
+    if body.adapters:
+        result.adapters.extend(body.adapters)
+    if not result.base:
+        raise bad_request("neither 'from' nor a Modelfile with FROM was given")
+    return result
+
+
+def _base_spec(models: ModelManager, base: str) -> tuple[dict[str, Any], Path]:
+    """What FROM names: another model (inherit its spec) or a GGUF file / checkpoint directory."""
+    parent = models.resolve(base) or models.resolve(base.removesuffix(LATEST))
+    if parent is not None:
+        return parent.spec.model_dump(exclude={"name", "aliases", "demo", "preload"}), parent.path
+    path = Path(base).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return {"backend": "llamacpp", "path": str(path)}, path
+    if path.is_dir() and (path / "config.json").is_file():
+        return {"backend": "paged", "path": str(path)}, path
+    raise bad_request(f"FROM {base!r}: not a model name, a .gguf file or a Hugging Face checkpoint directory")
+
+
+def build_spec(models: ModelManager, name: str, modelfile: Modelfile) -> tuple[ModelSpec, Path]:
+    if modelfile.adapters:
+        raise bad_request("ADAPTER (LoRA) is not supported yet")
+    if modelfile.template is not None:
+        if any(marker in modelfile.template for marker in GO_TEMPLATE_MARKERS):
+            raise bad_request("TEMPLATE uses Go template syntax; tandem takes a Jinja chat template there")
+        try:
+            ChatTemplate(modelfile.template)
+        except ChatTemplateError as exc:
+            raise bad_request(f"TEMPLATE: {exc}") from None
+    fields, path = _base_spec(models, modelfile.base)
+    parameters = {**fields.get("parameters", {}), **modelfile.parameters}
+    overrides = {
+        "name": name,
+        "parameters": {k: v for k, v in parameters.items() if v is not None},
+        "system": modelfile.system if modelfile.system is not None else fields.get("system"),
+        "chat_template": modelfile.template
+        if modelfile.template is not None
+        else fields.get("chat_template"),
+        "messages": [
+            *fields.get("messages", []),
+            *({"role": m.role, "content": m.content} for m in modelfile.messages),
+        ],
+        "context_length": modelfile.context_length or fields.get("context_length"),
+    }
+    try:
+        return ModelSpec.model_validate({**fields, **overrides}), path
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise bad_request(
+            f"invalid model definition: {'.'.join(map(str, error['loc']))}: {error['msg']}"
+        ) from None
+
+
+async def _install(models: ModelManager, store: StoreDep, spec: ModelSpec, path: Path) -> None:
+    existing = models.resolve(spec.name)
+    keep_alive = existing.default_keep_alive_s if existing else models.default_keep_alive_s
+    await models.add(ManagedModel(spec, path, keep_alive, created=True))
+    store.save(spec)
+
+
+def _status_stream(statuses: list[str], stream: bool) -> Response:
+    if not stream:
+        return Response(json.dumps({"status": statuses[-1]}), media_type="application/json")
+
+    async def lines() -> AsyncIterator[str]:
+        for status in statuses:
+            yield json.dumps({"status": status}) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.post("/create", response_model=None)
+async def create(body: CreateRequest, models: ModelsDep, store: StoreDep) -> Response:
+    name = (body.model or body.name or "").removesuffix(LATEST)
+    if not name:
+        raise bad_request("model name is required")
+    if body.quantize:
+        raise bad_request("quantize is not supported: create from an already quantized GGUF")
+    modelfile = _modelfile_of(body)
+    spec, path = build_spec(models, name, modelfile)
+    await _install(models, store, spec, path)
+    statuses = ["parsing modelfile", f"using {spec.backend} model at {path}"]
+    statuses += [f"ignoring runtime-only parameter {p}" for p in modelfile.ignored_parameters]
+    return _status_stream([*statuses, "writing manifest", "success"], body.stream)
+
+
+@router.post("/copy")
+async def copy(body: CopyRequest, models: ModelsDep, store: StoreDep, request: Request) -> Response:
+    source = resolve_ollama_model(models, body.source, request)
+    spec = source.spec.model_copy(update={"name": body.destination.removesuffix(LATEST), "aliases": [],
+                                          "demo": False, "preload": False})  # fmt: skip
+    try:
+        spec = ModelSpec.model_validate(spec.model_dump())
+    except ValidationError as exc:
+        raise bad_request(f"invalid destination: {exc.errors()[0]['msg']}") from None
+    await _install(models, store, spec, source.path)
+    return Response(status_code=200)
+
+
+@router.delete("/delete")
+async def delete(body: DeleteRequest, models: ModelsDep, store: StoreDep, request: Request) -> Response:
+    name = body.model or body.name
+    if not name:
+        raise bad_request("model name is required")
+    model = resolve_ollama_model(models, name, request)
+    if not model.user_created:
+        raise APIError(400, f"model '{name}' is defined in the config file; remove it there")
+    await models.remove(model)
+    store.delete(model.spec.name)
+    return Response(status_code=200)
