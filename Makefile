@@ -11,7 +11,7 @@ LLAMA_WHEEL_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 FIND_LINKS := $(addprefix --find-links ,$(WHEEL_CACHE) $(PIP_FIND_LINKS))
 STAMP := $(VENV)/.tandem-installed
 
-.PHONY: install serve test lint bench clean-venv
+.PHONY: install serve test lint bench up down clean-venv
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ lint: install
 
 bench: install
 	$(VENV)/bin/tandem bench throughput $(ARGS)
+
+up:  # the stack: gateway, redis, prometheus, grafana (add the GPU engine: docker-compose --profile prod up -d)
+	docker-compose up -d
+
+down:
+	docker-compose down
 
 clean-venv:
 	rm -rf $(VENV)
