@@ -125,6 +125,10 @@ class GenerationStream(Protocol):
         """Stop the request now and free what it holds; safe to call at any time, more than once."""
         ...
 
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """One L2-normalized vector per input (token ids, each within the context length)."""
+        ...
+
     def stats(self) -> BackendStats:
         """A snapshot for /metrics; cheap, callable from any thread."""
         ...
@@ -138,6 +142,7 @@ class Backend(Protocol):
 
     kind: ClassVar[str]  # "llamacpp", "paged", ... sent as x-tandem-backend
     unsupported_features: ClassVar[frozenset[str]]  # keys of OPTIONAL_FEATURES it cannot honour
+    supports_embeddings: ClassVar[bool]
 
     @property
     def context_length(self) -> int: ...

@@ -151,3 +151,31 @@ class ShowResponse(BaseModel):
 
 class VersionResponse(BaseModel):
     version: str
+
+
+class EmbedRequest(_Lenient):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    truncate: bool = True
+    dimensions: int | None = Field(None, ge=1)
+    options: OllamaOptions | None = None
+    keep_alive: str | int | float | None = None
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class LegacyEmbeddingsRequest(_Lenient):
+    model: str = Field(min_length=1)
+    prompt: str
+    options: OllamaOptions | None = None
+    keep_alive: str | int | float | None = None
+
+
+class LegacyEmbeddingsResponse(BaseModel):
+    embedding: list[float]

@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +25,7 @@ from backends.base import (
     QueueFullError,
 )
 from backends.chat_template import ChatTemplate, ChatTemplateError
+from backends.llamacpp.embedder import LlamaEmbedder
 from backends.llamacpp.session import LlamaSession
 from backends.stats import BackendStats
 from backends.streams import ChunkSink, RequestStream
@@ -40,6 +42,7 @@ class _Job:
 class LlamaCppBackend:
     kind: ClassVar[str] = "llamacpp"
     unsupported_features: ClassVar[frozenset[str]] = frozenset()
+    supports_embeddings: ClassVar[bool] = True
 
     def __init__(
         self, session: LlamaSession, model_name: str, max_queued: int, retry_after_s: int = 1
@@ -58,6 +61,9 @@ class LlamaCppBackend:
         self._template = ChatTemplate(source, session.bos_text, session.eos_text) if source else None
         self._worker = threading.Thread(target=self._work, name=f"llamacpp-{model_name}", daemon=True)
         self._worker.start()
+        # embeddings use a context of their own, on a thread of their own, created on first use
+        self._embedder: LlamaEmbedder | None = None
+        self._embedding_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{model_name}")
 
     @classmethod
     def load(
@@ -86,6 +92,17 @@ class LlamaCppBackend:
     @property
     def vocab_size(self) -> int:
         return self._session.vocab_size
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        if self._closed:
+            raise BackendUnavailableError(f"model {self._model_name!r} is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._embedding_thread, self._embed, inputs)
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        if self._embedder is None:
+            session = self._session
+            self._embedder = LlamaEmbedder(session.path, session.context_length, session.threads)
+        return [self._embedder.embed(tokens).tolist() for tokens in inputs]
 
     def stats(self) -> BackendStats:
         running = int(self._running)
@@ -133,4 +150,7 @@ class LlamaCppBackend:
         self._closed = True
         self._jobs.put(None)
         await asyncio.to_thread(self._worker.join)
+        await asyncio.to_thread(self._embedding_thread.shutdown)
+        if self._embedder is not None:
+            self._embedder.close()
         self._session.close()

@@ -15,9 +15,10 @@ from backends.text_stream import TextAssembler
 
 
 class LlamaSession:
-    def __init__(self, llm: llama_cpp.Llama, path: Path) -> None:
+    def __init__(self, llm: llama_cpp.Llama, path: Path, threads: int) -> None:
         self._llm = llm
-        self._path = path
+        self.path = path
+        self.threads = threads
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
         self._eos_ids = frozenset(
@@ -35,7 +36,7 @@ class LlamaSession:
             n_threads_batch=threads,
             verbose=False,
         )
-        return cls(llm, path)
+        return cls(llm, path, threads)
 
     @property
     def context_length(self) -> int:

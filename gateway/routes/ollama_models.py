@@ -134,6 +134,6 @@ async def show(body: ShowRequest, models: ModelsDep, request: Request) -> ShowRe
             "general.parameter_count": info.parameter_count,
             f"{info.family}.context_length": model.context_length,
         },
-        capabilities=["completion"],
+        capabilities=["completion", "embedding"] if model.spec.backend == "llamacpp" else ["completion"],
         modified_at=listed.modified_at,
     )

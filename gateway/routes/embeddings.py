@@ -1,0 +1,136 @@
+"""Embeddings: POST /v1/embeddings (OpenAI), POST /api/embed and the legacy POST /api/embeddings (Ollama)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from gateway.deps import ModelsDep, resolve_model
+from gateway.durations import parse_keep_alive
+from gateway.errors import bad_request
+from gateway.ollama_protocol import (
+    EmbedRequest,
+    EmbedResponse,
+    LegacyEmbeddingsRequest,
+    LegacyEmbeddingsResponse,
+)
+from gateway.openai_protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ModelManager
+from gateway.routes.ollama_models import resolve_ollama_model
+
+router = APIRouter(tags=["embeddings"])
+
+
+def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
+    """`dimensions`: keep the first N components and renormalize, as OpenAI's text-embedding-3 does."""
+    if dimensions is None or dimensions >= len(vector):
+        return vector
+    head = np.asarray(vector[:dimensions], dtype=np.float32)
+    norm = float(np.linalg.norm(head))
+    return (head / norm if norm > 0 else head).tolist()
+
+
+async def _embed(
+    models: ModelManager,
+    model: ManagedModel,
+    texts_or_ids: list[str] | list[list[int]],
+    truncate: bool,
+    keep_alive: float | object | None = DEFAULT_KEEP_ALIVE,
+) -> tuple[list[list[float]], int, Lease]:
+    lease = await models.acquire(model, keep_alive)
+    try:
+        backend = lease.served.backend
+        if not backend.supports_embeddings:
+            raise bad_request(
+                f"model '{model.spec.name}' (backend {backend.kind}) does not support embeddings"
+            )
+        inputs = []
+        for item in texts_or_ids:
+            if isinstance(item, str):
+                if not item:
+                    raise bad_request("input must not contain empty strings", param="input")
+                ids = backend.tokenize(item, add_special_tokens=True)
+            else:
+                if not item or any(not 0 <= t < backend.vocab_size for t in item):
+                    raise bad_request(f"token ids must be in [0, {backend.vocab_size})", param="input")
+                ids = item
+            if len(ids) > backend.context_length:
+                if not truncate:
+                    raise bad_request(
+                        f"input of {len(ids)} tokens exceeds the context length {backend.context_length}",
+                        param="input",
+                        code="context_length_exceeded",
+                    )
+                ids = ids[: backend.context_length]
+            inputs.append(ids)
+        vectors = await backend.embed(inputs)
+        return vectors, sum(len(ids) for ids in inputs), lease
+    finally:
+        lease.release()
+
+
+def _openai_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        raise bad_request("input must not be empty", param="input")
+    if all(isinstance(v, int) for v in value):
+        return [value]  # type: ignore[list-item]
+    return value  # type: ignore[return-value]
+
+
+@router.post("/v1/embeddings")
+async def openai_embeddings(body: EmbeddingRequest, request: Request, models: ModelsDep) -> EmbeddingList:
+    model = resolve_model(models, body.model, request)
+    vectors, tokens, _ = await _embed(models, model, _openai_inputs(body.input), truncate=False)
+    data = []
+    for index, vector in enumerate(vectors):
+        shortened = _shorten(vector, body.dimensions)
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(np.asarray(shortened, dtype="<f4").tobytes()).decode()
+            data.append(Embedding(index=index, embedding=encoded))
+        else:
+            data.append(Embedding(index=index, embedding=shortened))
+    return EmbeddingList(
+        data=data, model=model.spec.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
+
+
+def _keep_alive(value: str | int | float | None) -> float | object | None:
+    if value is None:
+        return DEFAULT_KEEP_ALIVE
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+@router.post("/api/embed")
+async def ollama_embed(body: EmbedRequest, request: Request, models: ModelsDep) -> EmbedResponse:
+    started = time.perf_counter_ns()
+    model = resolve_ollama_model(models, body.model, request)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise bad_request("input must not be empty")
+    vectors, tokens, lease = await _embed(models, model, texts, body.truncate, _keep_alive(body.keep_alive))
+    return EmbedResponse(
+        model=body.model,
+        embeddings=[_shorten(v, body.dimensions) for v in vectors],
+        total_duration=time.perf_counter_ns() - started,
+        load_duration=int(lease.load_seconds * 1e9),
+        prompt_eval_count=tokens,
+    )
+
+
+@router.post("/api/embeddings")
+async def ollama_legacy_embeddings(
+    body: LegacyEmbeddingsRequest, request: Request, models: ModelsDep
+) -> LegacyEmbeddingsResponse:
+    model = resolve_ollama_model(models, body.model, request)
+    if not body.prompt:  # Ollama answers an empty prompt with an empty embedding
+        return LegacyEmbeddingsResponse(embedding=[])
+    vectors, _, _ = await _embed(models, model, [body.prompt], True, _keep_alive(body.keep_alive))
+    return LegacyEmbeddingsResponse(embedding=vectors[0])

@@ -1,0 +1,70 @@
+"""Embeddings through both protocols, on the llama.cpp backend's embedding mode."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import ollama
+import pytest
+
+TEXTS = ["The quick brown fox", "jumps over the lazy dog", "🚲 tandem"]
+
+
+@pytest.fixture
+def dev_server(server):
+    if httpx.get(f"{server.v1}/models/tiny").json()["backend"] != "llamacpp":
+        pytest.skip("embeddings are served by the llama.cpp backend (dev profile)")
+    return server
+
+
+def test_openai_embeddings(dev_server):
+    client = dev_server.openai()
+    result = client.embeddings.create(model="tiny", input=TEXTS)
+    assert [d.index for d in result.data] == [0, 1, 2]
+    vectors = np.array([d.embedding for d in result.data])
+    assert vectors.shape == (3, 64)  # the tiny model's hidden size
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+    assert result.usage.prompt_tokens == result.usage.total_tokens > 3
+    again = client.embeddings.create(model="tiny", input=TEXTS[0]).data[0].embedding
+    assert np.allclose(again, vectors[0], atol=1e-5)  # batched or alone, the same vector
+
+
+def test_token_arrays_dimensions_and_base64(dev_server):
+    client = dev_server.openai()
+    ids = client.embeddings.create(model="tiny", input=[[5, 6, 7], [8, 9]])
+    assert len(ids.data) == 2 and ids.usage.prompt_tokens == 5
+    short = client.embeddings.create(model="tiny", input="hello", dimensions=16).data[0].embedding
+    assert len(short) == 16 and abs(np.linalg.norm(short) - 1) < 1e-5
+    as_base64 = {"model": "tiny", "input": "hello", "encoding_format": "base64"}
+    raw = httpx.post(f"{dev_server.v1}/embeddings", json=as_base64).json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    plain = client.embeddings.create(model="tiny", input="hello").data[0].embedding
+    assert np.allclose(decoded, plain, atol=1e-6)
+
+
+def test_embedding_errors(dev_server):
+    for body, param in [({"model": "tiny", "input": ""}, "input"), ({"model": "tiny", "input": []}, "input"),
+                        ({"model": "tiny", "input": [[99999999]]}, "input")]:  # fmt: skip
+        response = httpx.post(f"{dev_server.v1}/embeddings", json=body)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+    too_long = {"model": "tiny", "input": "word " * 5000}
+    response = httpx.post(f"{dev_server.v1}/embeddings", json=too_long)
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_ollama_embed_and_legacy(dev_server):
+    client = ollama.Client(host=dev_server.base_url)
+    result = client.embed(model="tiny", input=TEXTS)
+    assert len(result.embeddings) == 3 and len(result.embeddings[0]) == 64
+    assert result.prompt_eval_count > 3 and result.total_duration > 0
+    openai_vector = dev_server.openai().embeddings.create(model="tiny", input=TEXTS[0]).data[0].embedding
+    assert np.allclose(result.embeddings[0], openai_vector, atol=1e-5)
+    truncated = client.embed(model="tiny", input="word " * 5000)  # truncate defaults to true
+    assert len(truncated.embeddings) == 1
+    with pytest.raises(ollama.ResponseError):
+        client.embed(model="tiny", input="word " * 5000, truncate=False)
+    legacy = client.embeddings(model="tiny", prompt=TEXTS[0])
+    assert np.allclose(legacy.embedding, openai_vector, atol=1e-5)
