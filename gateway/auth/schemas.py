@@ -1,0 +1,86 @@
+"""Request and response bodies of the admin API (also what the CLI parses)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth.keys import key_prefix
+from gateway.auth.records import Duration, KeyRecord, Limits, TeamName, TeamRecord, UsageRow
+
+
+class KeyCreate(Limits):
+    """A new key: who it is for, what it may call, and its own limits (the team's apply on top)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    team: TeamName | None = None
+    models: list[str] = Field(default_factory=list, description="fnmatch globs; empty: every model")
+    expires_in: Duration | None = Field(None, description="e.g. 30d; none: never expires")
+
+    def limits(self) -> Limits:
+        return Limits.model_validate(self.model_dump(include=set(Limits.model_fields)))
+
+
+class KeyInfo(BaseModel):
+    """A key as listings show it: its id and prefix, never its secret."""
+
+    id: str
+    prefix: str
+    name: str
+    team: str | None
+    models: list[str]
+    limits: Limits
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    status: Literal["active", "revoked", "expired"]
+
+    @classmethod
+    def of(cls, record: KeyRecord, now: datetime) -> KeyInfo:
+        return cls(
+            id=record.id,
+            prefix=key_prefix(record.id),
+            name=record.name,
+            team=record.team,
+            models=record.models,
+            limits=record.limits,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            revoked_at=record.revoked_at,
+            status=record.status(now),
+        )
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="the API key; shown only in this response, tandem keeps only its sha256")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyInfo]
+
+
+class TeamInfo(BaseModel):
+    name: str
+    limits: Limits
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: TeamRecord) -> TeamInfo:
+        return cls(name=record.name, limits=record.limits, updated_at=record.updated_at)
+
+
+class TeamList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TeamInfo]
+
+
+class UsageReport(BaseModel):
+    object: Literal["list"] = "list"
+    since: date
+    until: date
+    data: list[UsageRow]
