@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from gateway import __version__, routes
+from gateway.auth import Access, admin_router
+from gateway.deps import get_principal
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import TandemHeadersMiddleware
@@ -16,9 +18,11 @@ from gateway.registry import ModelManager
 from gateway.settings import Settings
 
 
-def create_app(settings: Settings, models: ModelManager, store: ModelStore) -> FastAPI:
-    """`models` is built by the caller, so a bad config or model file fails before the server listens."""
+def create_app(settings: Settings, models: ModelManager, store: ModelStore, access: Access) -> FastAPI:
+    """`models` and `access` are built by the caller, so a bad config or model file fails before the server
+    listens; the app owns them from then on and closes them at shutdown."""
     metrics = GatewayMetrics(models)
+    access.on_rejected = lambda team, limit: metrics.rate_limit_rejections.labels(team, limit).inc()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -26,15 +30,20 @@ def create_app(settings: Settings, models: ModelManager, store: ModelStore) -> F
         app.state.models = models
         app.state.metrics = metrics
         app.state.store = store
+        app.state.access = access
         await models.start()  # preloads the models that ask for it
         try:
             yield
         finally:
             await models.aclose()
+            await access.aclose()
 
     app = FastAPI(title="tandem", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(TandemHeadersMiddleware, max_request_bytes=settings.max_request_bytes, metrics=metrics)
-    for router in routes.ROUTERS:
+    for router in routes.OPEN_ROUTERS:
         app.include_router(router)
+    for router in routes.API_ROUTERS:
+        app.include_router(router, dependencies=[Depends(get_principal)])
+    app.include_router(admin_router)  # guarded by the master key itself
     return app

@@ -6,13 +6,15 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from backends.base import BackendUnavailableError
 from gateway import cli_create
-from gateway.config import ConfigError, Profile, load_config, select_profile
+from gateway.auth import add_cli_commands
+from gateway.config import ConfigError, Profile, TandemConfig, load_config, select_profile
 from gateway.model_store import ModelStore
 from gateway.settings import Settings
 
@@ -28,26 +30,37 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _profile(settings: Settings) -> tuple[str, Profile, str]:
+@dataclass(frozen=True)
+class ActiveConfig:
+    profile_name: str
+    profile: Profile
+    source: str  # where the config came from, for messages
+    config: TandemConfig
+
+
+def _active(settings: Settings) -> ActiveConfig:
     config, source = load_config(settings.config)
     name, profile = select_profile(config, source, settings.profile)
-    return name, profile, source
+    return ActiveConfig(name, profile, source, config)
 
 
-async def _serve(settings: Settings, profile_name: str, profile: Profile, source: str) -> None:
+async def _serve(settings: Settings, active: ActiveConfig) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.auth import open_access
     from gateway.startup import build_manager
 
+    profile_name, source = active.profile_name, active.source
     store = ModelStore(settings.resolved_home() / "models" / "created")
-    models = build_manager(profile, profile_name, settings, source, store)
+    models = build_manager(active.profile, profile_name, settings, source, store)
     try:
         await models.start()  # preloads: a model that cannot load fails here, before the server listens
     except BackendUnavailableError as exc:
         await models.aclose()
         raise ConfigError(source, [("", str(exc))]) from None
-    app = create_app(settings, models, store)
+    access = await open_access(settings.auth_settings(active.config.auth))
+    app = create_app(settings, models, store, access)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
     )
@@ -60,14 +73,14 @@ async def _serve(settings: Settings, profile_name: str, profile: Profile, source
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    profile_name, profile, source = _profile(settings)
-    asyncio.run(_serve(settings, profile_name, profile, source))
+    asyncio.run(_serve(settings, _active(settings)))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    profile_name, profile, source = _profile(settings)
+    active = _active(settings)
+    profile_name, profile, source = active.profile_name, active.profile, active.source
     print(f"profile {profile_name!r} ({source})")
     if not profile.models:
         print("  no models configured")
@@ -135,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(handler=cmd_make_tiny_model)
 
     cli_create.add_commands(commands)
+    add_cli_commands(commands)  # keys, teams, usage
 
     bench = commands.add_parser("bench", help="benchmarks (tandem bench throughput --help)")
     bench.add_argument("bench_kind", choices=["throughput"])

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.auth.settings import AuthSettings
 from gateway.durations import parse_keep_alive
 
 DEFAULT_CONFIG_PATH = Path("config/tandem.yaml")
@@ -120,6 +121,7 @@ class Profile(_Strict):
 class TandemConfig(_Strict):
     profile: str = "dev"
     profiles: dict[str, Profile]
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 def _key_of(location: tuple[str | int, ...]) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.errors import model_not_found
+from gateway.auth import Access, Principal
+from gateway.auth.access import NO_TEAM
+from gateway.errors import APIError, model_not_found
 from gateway.metrics import GatewayMetrics
 from gateway.model_store import ModelStore
 from gateway.registry import ManagedModel, ModelManager
@@ -29,7 +32,53 @@ def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
+async def get_principal(request: Request) -> Principal:
+    """Who is calling: authenticated on every API request (anonymous when access control is off)."""
+    access: Access = request.app.state.access
+    principal = await access.authenticate(
+        request.headers.get("authorization"), request.headers.get("x-api-key")
+    )
+    request.state.principal = principal
+    request.state.tandem_team = principal.team or NO_TEAM
+    return principal
+
+
+async def require_admin(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> None:
+    """Changing the set of models (create, copy, delete, pull) is for the master key on a shared endpoint."""
+    if request.app.state.access.enabled and not principal.is_master:
+        raise APIError(403, "only the master key may change models", code="insufficient_permissions")
+
+
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+AdminDep = Annotated[None, Depends(require_admin)]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What serving one generation call needs besides its body."""
+
+    request: Request
+    models: ModelManager
+    metrics: GatewayMetrics
+    access: Access
+    principal: Principal
+
+    @property
+    def request_id(self) -> str:
+        return self.request.state.request_id
+
+
+def get_call(
+    request: Request,
+    models: ModelsDep,
+    principal: PrincipalDep,
+    metrics: Annotated[GatewayMetrics, Depends(get_metrics)],
+) -> CallContext:
+    return CallContext(request, models, metrics, request.app.state.access, principal)
+
+
+CallDep = Annotated[CallContext, Depends(get_call)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
@@ -41,10 +90,16 @@ def record_model(request: Request, model: ManagedModel) -> None:
     request.state.tandem_model = model.spec.name
 
 
+def may_see(request: Request, model: ManagedModel) -> bool:
+    """Whether the caller's key may use the model (its model globs); always true without access control."""
+    principal = getattr(request.state, "principal", None)
+    return principal is None or request.app.state.access.may_use(principal, *model.names)
+
+
 def resolve_model(models: ModelManager, name: str, request: Request) -> ManagedModel:
-    """The model a request names (name or alias), loaded or not."""
+    """The model a request names (name or alias), loaded or not; a model the key may not use is unknown."""
     model = models.resolve(name)
-    if model is None:
+    if model is None or not may_see(request, model):
         raise model_not_found(name)
     record_model(request, model)
     return model

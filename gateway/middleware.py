@@ -7,7 +7,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError
-from gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
+from gateway.metrics import NO_TEAM, UNKNOWN_MODEL, GatewayMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-tandem-backend"
@@ -45,6 +45,7 @@ class TandemHeadersMiddleware:
                         state.get("tandem_model", UNKNOWN_MODEL),
                         state.get("tandem_backend", GATEWAY_BACKEND),
                         message["status"],
+                        state.get("tandem_team", NO_TEAM),
                     )
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 if not any(k.lower() == BACKEND_HEADER.encode() for k, _ in raw):
@@ -52,6 +53,10 @@ class TandemHeadersMiddleware:
                         (BACKEND_HEADER.encode(), state.get("tandem_backend", GATEWAY_BACKEND).encode())
                     )
                 raw.append((REQUEST_ID_HEADER.encode(), request_id.encode("latin-1")))
+                present = {k.lower() for k, _ in raw}
+                for name, value in state.get("ratelimit_headers", {}).items():
+                    if name.lower().encode() not in present:
+                        raw.append((name.lower().encode(), value.encode("latin-1")))
                 message = {**message, "headers": raw}
             await send(message)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.auth.settings import AuthSettings
 from gateway.durations import parse_keep_alive
 
 
@@ -31,6 +32,26 @@ class Settings(BaseSettings):
     memory_budget_gb: float | None = Field(
         None, gt=0, description="models are unloaded or refused before loading past this; default 80% of RAM"
     )
+
+    master_key: SecretStr | None = Field(
+        None, description="turns access control on (overrides auth.master_key)"
+    )
+    redis_url: str | None = Field(
+        None, description="shared store for keys, limits, usage (overrides auth.redis_url)"
+    )
+    redis_failure_mode: Literal["fail_closed", "fail_open"] | None = Field(
+        None, description="what to do when Redis is down (overrides auth.redis_failure_mode)"
+    )
+    metrics_require_key: bool = Field(False, description="GET /metrics needs the master key")
+
+    def auth_settings(self, configured: AuthSettings) -> AuthSettings:
+        """The config file's `auth:` section with TANDEM_* environment values taking precedence."""
+        overrides = {
+            name: getattr(self, name)
+            for name in ("master_key", "redis_url", "redis_failure_mode")
+            if getattr(self, name) is not None
+        }
+        return AuthSettings.model_validate({**configured.model_dump(), **overrides})
 
     @field_validator("keep_alive")
     @classmethod

@@ -14,11 +14,13 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from backends.base import GenerationChunk, GenerationStream, TokenLogprob
+from gateway.auth import Admission
+from gateway.deps import CallContext
 from gateway.errors import APIError
 from gateway.generation import PreparedGeneration
 from gateway.metrics import GatewayMetrics
 from gateway.openai_protocol import ErrorBody
-from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ModelManager, ServedModel
+from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ServedModel
 
 logger = logging.getLogger("tandem.gateway")
 
@@ -50,8 +52,11 @@ class Generation:
     still running in the backend.
     """
 
-    def __init__(self, lease: Lease, prepared: PreparedGeneration, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, lease: Lease, prepared: PreparedGeneration, metrics: GatewayMetrics, admission: Admission
+    ) -> None:
         self._lease = lease
+        self._admission = admission
         self._streams: list[GenerationStream] = []
         backend, model = lease.served.backend, lease.served.spec.name
         try:
@@ -63,6 +68,7 @@ class Generation:
             raise
         self.prompt_tokens = prepared.prompt_tokens
         self._finished = 0
+        self.completion_tokens = 0
         self.started_ns = time.perf_counter_ns()
         self.first_token_ns: int | None = None
         self._tracker = metrics.track(model, backend.kind, prepared.prompt_tokens, len(self._streams))
@@ -87,9 +93,11 @@ class Generation:
             with contextlib.suppress(Exception):
                 await stream.aclose()
         self._lease.release()
+        await self._admission.settle(self.prompt_tokens, self.completion_tokens)
 
     def _observe(self, index: int, chunk: GenerationChunk) -> None:
         self._tracker.on_chunk(index, chunk)
+        self.completion_tokens += len(chunk.token_ids)
         if self.first_token_ns is None and chunk.token_ids:
             self.first_token_ns = time.perf_counter_ns()
         if chunk.finish_reason is not None:
@@ -141,20 +149,28 @@ class Generation:
 
 
 async def open_generation(
-    models: ModelManager,
+    call: CallContext,
     model: ManagedModel,
     prepare: Callable[[ServedModel], PreparedGeneration],
-    metrics: GatewayMetrics,
     keep_alive_s: float | object | None = DEFAULT_KEEP_ALIVE,
 ) -> Generation:
-    """Hold the model loaded, prepare the request on it and admit it; the Generation owns the hold."""
-    lease = await models.acquire(model, keep_alive_s)
+    """Hold the model loaded, prepare the request on it, pass the caller's limits, and admit it.
+
+    The Generation owns the hold and the admission from then on and gives both back when it ends.
+    """
+    lease = await call.models.acquire(model, keep_alive_s)
+    admission: Admission | None = None
     try:
         prepared = prepare(lease.served)
+        reserved = prepared.prompt_tokens + sum(r.sampling.max_tokens for r in prepared.requests)
+        admission = await call.access.admit(call.principal, model.spec.name, reserved)
+        call.request.state.ratelimit_headers = admission.headers
+        return Generation(lease, prepared, call.metrics, admission)
     except BaseException:
         lease.release()
+        if admission is not None:  # admitted by the limits, refused by the backend (e.g. its queue is full)
+            await admission.settle(0, 0)
         raise
-    return Generation(lease, prepared, metrics)
 
 
 async def run_until_disconnect(request: Request, work: object) -> None:

@@ -1,4 +1,4 @@
-"""The HTTP surface: one router per module."""
+"""The HTTP surface: one router per module. API routers need a caller (an API key once access is on)."""
 
 from gateway.routes import (
     chat,
@@ -12,7 +12,7 @@ from gateway.routes import (
     ollama_models,
 )
 
-ROUTERS = [
-    r.router
-    for r in (health, metrics, models, chat, completions, embeddings, ollama, ollama_models, ollama_manage)
+OPEN_ROUTERS = [health.router, metrics.router]
+API_ROUTERS = [
+    r.router for r in (models, chat, completions, embeddings, ollama, ollama_models, ollama_manage)
 ]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import MetricsDep, ModelsDep, resolve_model
+from gateway.deps import CallDep, resolve_model
 from gateway.errors import APIError
 from gateway.generation import prepare_chat
 from gateway.openai_protocol import (
@@ -49,11 +49,11 @@ def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, models: ModelsDep, metrics: MetricsDep
+    body: ChatCompletionRequest, request: Request, call: CallDep
 ) -> ChatCompletion | StreamingResponse:
-    model = resolve_model(models, body.model, request)
+    model = resolve_model(call.models, body.model, request)
     request_id = request.state.request_id
-    generation = await open_generation(models, model, lambda m: prepare_chat(body, m, request_id), metrics)
+    generation = await open_generation(call, model, lambda m: prepare_chat(body, m, request_id))
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = _stream(generation, body, model.spec.name, completion_id, created)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import MetricsDep, ModelsDep, resolve_model
+from gateway.deps import CallDep, resolve_model
 from gateway.generation import PreparedGeneration, completion_prompts, prepare_completion
 from gateway.openai_protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
 from gateway.registry import ServedModel
@@ -34,9 +34,9 @@ def completion_logprobs(items: list[TokenLogprob], text_offset: int = 0) -> Comp
 
 @router.post("/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, request: Request, models: ModelsDep, metrics: MetricsDep
+    body: CompletionRequest, request: Request, call: CallDep
 ) -> Completion | StreamingResponse:
-    model = resolve_model(models, body.model, request)
+    model = resolve_model(call.models, body.model, request)
     prompts, request_id = completion_prompts(body), request.state.request_id
 
     def prepare(served: ServedModel) -> PreparedGeneration:
@@ -50,7 +50,7 @@ async def create_completion(
             prompt_tokens=sum(part.prompt_tokens for part in parts),
         )
 
-    generation = await open_generation(models, model, prepare, metrics)
+    generation = await open_generation(call, model, prepare)
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     with_logprobs = body.logprobs is not None
     if body.stream:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Request
 
-from gateway.deps import ModelsDep, resolve_model
+from gateway.deps import CallContext, CallDep, resolve_model
 from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
 from gateway.ollama_protocol import (
@@ -18,7 +18,7 @@ from gateway.ollama_protocol import (
     LegacyEmbeddingsResponse,
 )
 from gateway.openai_protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
-from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ModelManager
+from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel
 from gateway.routes.ollama_models import resolve_ollama_model
 
 router = APIRouter(tags=["embeddings"])
@@ -34,13 +34,13 @@ def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
 
 
 async def _embed(
-    models: ModelManager,
+    call: CallContext,
     model: ManagedModel,
     texts_or_ids: list[str] | list[list[int]],
     truncate: bool,
     keep_alive: float | object | None = DEFAULT_KEEP_ALIVE,
 ) -> tuple[list[list[float]], int, Lease]:
-    lease = await models.acquire(model, keep_alive)
+    lease = await call.models.acquire(model, keep_alive)
     try:
         backend = lease.served.backend
         if not backend.supports_embeddings:
@@ -66,8 +66,14 @@ async def _embed(
                     )
                 ids = ids[: backend.context_length]
             inputs.append(ids)
-        vectors = await backend.embed(inputs)
-        return vectors, sum(len(ids) for ids in inputs), lease
+        tokens = sum(len(ids) for ids in inputs)
+        admission = await call.access.admit(call.principal, model.spec.name, tokens)
+        call.request.state.ratelimit_headers = admission.headers
+        try:
+            vectors = await backend.embed(inputs)
+        finally:
+            await admission.settle(tokens, 0)
+        return vectors, tokens, lease
     finally:
         lease.release()
 
@@ -83,9 +89,9 @@ def _openai_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list
 
 
 @router.post("/v1/embeddings")
-async def openai_embeddings(body: EmbeddingRequest, request: Request, models: ModelsDep) -> EmbeddingList:
-    model = resolve_model(models, body.model, request)
-    vectors, tokens, _ = await _embed(models, model, _openai_inputs(body.input), truncate=False)
+async def openai_embeddings(body: EmbeddingRequest, request: Request, call: CallDep) -> EmbeddingList:
+    model = resolve_model(call.models, body.model, request)
+    vectors, tokens, _ = await _embed(call, model, _openai_inputs(body.input), truncate=False)
     data = []
     for index, vector in enumerate(vectors):
         shortened = _shorten(vector, body.dimensions)
@@ -109,13 +115,13 @@ def _keep_alive(value: str | int | float | None) -> float | object | None:
 
 
 @router.post("/api/embed")
-async def ollama_embed(body: EmbedRequest, request: Request, models: ModelsDep) -> EmbedResponse:
+async def ollama_embed(body: EmbedRequest, request: Request, call: CallDep) -> EmbedResponse:
     started = time.perf_counter_ns()
-    model = resolve_ollama_model(models, body.model, request)
+    model = resolve_ollama_model(call.models, body.model, request)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise bad_request("input must not be empty")
-    vectors, tokens, lease = await _embed(models, model, texts, body.truncate, _keep_alive(body.keep_alive))
+    vectors, tokens, lease = await _embed(call, model, texts, body.truncate, _keep_alive(body.keep_alive))
     return EmbedResponse(
         model=body.model,
         embeddings=[_shorten(v, body.dimensions) for v in vectors],
@@ -127,10 +133,10 @@ async def ollama_embed(body: EmbedRequest, request: Request, models: ModelsDep) 
 
 @router.post("/api/embeddings")
 async def ollama_legacy_embeddings(
-    body: LegacyEmbeddingsRequest, request: Request, models: ModelsDep
+    body: LegacyEmbeddingsRequest, request: Request, call: CallDep
 ) -> LegacyEmbeddingsResponse:
-    model = resolve_ollama_model(models, body.model, request)
+    model = resolve_ollama_model(call.models, body.model, request)
     if not body.prompt:  # Ollama answers an empty prompt with an empty embedding
         return LegacyEmbeddingsResponse(embedding=[])
-    vectors, _, _ = await _embed(models, model, [body.prompt], True, _keep_alive(body.keep_alive))
+    vectors, _, _ = await _embed(call, model, [body.prompt], True, _keep_alive(body.keep_alive))
     return LegacyEmbeddingsResponse(embedding=vectors[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gateway.deps import ModelsDep, resolve_model
+from gateway.deps import ModelsDep, may_see, resolve_model
 from gateway.openai_protocol import ModelCard, ModelList
 from gateway.registry import ManagedModel
 
@@ -23,8 +23,8 @@ def _card(model: ManagedModel) -> ModelCard:
 
 
 @router.get("/models")
-async def list_models(models: ModelsDep) -> ModelList:
-    return ModelList(data=[_card(model) for model in models])
+async def list_models(models: ModelsDep, request: Request) -> ModelList:
+    return ModelList(data=[_card(model) for model in models if may_see(request, model)])
 
 
 @router.get("/models/{model_id:path}")

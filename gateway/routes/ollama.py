@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from backends.base import ChatMessage
-from gateway.deps import MetricsDep, ModelsDep
+from gateway.deps import CallDep, ModelsDep
 from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
 from gateway.generation import OLLAMA_DEFAULTS, PreparedGeneration, chat_prompt_ids, prepare_tokens
@@ -145,7 +145,8 @@ async def _load_only(models: ModelsDep, model: ManagedModel, keep_alive: float |
 
 
 @router.post("/chat", response_model=None)
-async def chat(body: ChatRequest, request: Request, models: ModelsDep, metrics: MetricsDep):
+async def chat(body: ChatRequest, request: Request, call: CallDep):
+    models = call.models
     model = resolve_ollama_model(models, body.model, request)
     _check_common(body)
     if any(m.images for m in body.messages):
@@ -161,7 +162,7 @@ async def chat(body: ChatRequest, request: Request, models: ModelsDep, metrics: 
     def prepare(served: ServedModel) -> PreparedGeneration:
         return _prepare(body, served, chat_prompt_ids(served, messages), request_id)
 
-    generation = await open_generation(models, model, prepare, metrics, keep_alive)
+    generation = await open_generation(call, model, prepare, keep_alive)
 
     def piece(text: str, done: bool, reason: str | None) -> ChatResponse:
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=text),
@@ -186,7 +187,8 @@ def _generate_prompt(body: GenerateRequest, served: ServedModel) -> list[int]:
 
 
 @router.post("/generate", response_model=None)
-async def generate(body: GenerateRequest, request: Request, models: ModelsDep, metrics: MetricsDep):
+async def generate(body: GenerateRequest, request: Request, call: CallDep):
+    models = call.models
     model = resolve_ollama_model(models, body.model, request)
     _check_common(body)
     if body.images:
@@ -204,7 +206,7 @@ async def generate(body: GenerateRequest, request: Request, models: ModelsDep, m
         prompt_ids.extend(_generate_prompt(body, served))
         return _prepare(body, served, prompt_ids, request_id)
 
-    generation = await open_generation(models, model, prepare, metrics, keep_alive)
+    generation = await open_generation(call, model, prepare, keep_alive)
 
     def piece(text: str, done: bool, reason: str | None) -> GenerateResponse:
         return GenerateResponse(model=body.model, created_at=timestamp(), response=text, done=done,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from backends.base import ChatMessage
 from backends.chat_template import ChatTemplate, ChatTemplateError
 from gateway.config import ModelSpec
-from gateway.deps import ModelsDep, StoreDep
+from gateway.deps import AdminDep, ModelsDep, StoreDep
 from gateway.errors import APIError, bad_request
 from gateway.modelfile import Modelfile, ModelfileError, parse_modelfile, set_parameter
 from gateway.registry import ManagedModel, ModelManager
@@ -144,7 +144,7 @@ def _status_stream(statuses: list[str], stream: bool) -> Response:
 
 
 @router.post("/create", response_model=None)
-async def create(body: CreateRequest, models: ModelsDep, store: StoreDep) -> Response:
+async def create(body: CreateRequest, models: ModelsDep, store: StoreDep, _: AdminDep) -> Response:
     name = (body.model or body.name or "").removesuffix(LATEST)
     if not name:
         raise bad_request("model name is required")
@@ -159,7 +159,9 @@ async def create(body: CreateRequest, models: ModelsDep, store: StoreDep) -> Res
 
 
 @router.post("/copy")
-async def copy(body: CopyRequest, models: ModelsDep, store: StoreDep, request: Request) -> Response:
+async def copy(
+    body: CopyRequest, models: ModelsDep, store: StoreDep, request: Request, _: AdminDep
+) -> Response:
     source = resolve_ollama_model(models, body.source, request)
     spec = source.spec.model_copy(update={"name": body.destination.removesuffix(LATEST), "aliases": [],
                                           "demo": False, "preload": False})  # fmt: skip
@@ -172,7 +174,9 @@ async def copy(body: CopyRequest, models: ModelsDep, store: StoreDep, request: R
 
 
 @router.delete("/delete")
-async def delete(body: DeleteRequest, models: ModelsDep, store: StoreDep, request: Request) -> Response:
+async def delete(
+    body: DeleteRequest, models: ModelsDep, store: StoreDep, request: Request, _: AdminDep
+) -> Response:
     name = body.model or body.name
     if not name:
         raise bad_request("model name is required")

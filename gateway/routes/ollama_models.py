@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from backends.base import ChatMessage, ModelInfo
 from gateway import __version__
-from gateway.deps import ModelsDep, record_model
+from gateway.deps import ModelsDep, may_see, record_model
 from gateway.errors import APIError, bad_request
 from gateway.modelfile import render_modelfile
 from gateway.ollama_protocol import (
@@ -37,7 +37,7 @@ def _ollama_name(name: str) -> str:
 def resolve_ollama_model(models: ModelManager, name: str, request: Request) -> ManagedModel:
     """Ollama names carry a tag; "tiny:latest" is "tiny"."""
     model = models.resolve(name) or models.resolve(name.removesuffix(LATEST))
-    if model is None:
+    if model is None or not may_see(request, model):
         raise APIError(404, f"model '{name}' not found", type="not_found_error")
     record_model(request, model)
     return model
@@ -72,8 +72,9 @@ def _listed(model: ManagedModel, name: str) -> ListedModel:
 
 
 @router.get("/tags")
-async def tags(models: ModelsDep) -> TagsResponse:
-    return TagsResponse(models=[_listed(m, _ollama_name(name)) for m in models for name in m.names])
+async def tags(models: ModelsDep, request: Request) -> TagsResponse:
+    visible = [m for m in models if may_see(request, m)]
+    return TagsResponse(models=[_listed(m, _ollama_name(name)) for m in visible for name in m.names])
 
 
 def _expires_at(model: ManagedModel) -> str:
@@ -83,13 +84,14 @@ def _expires_at(model: ManagedModel) -> str:
 
 
 @router.get("/ps")
-async def running(models: ModelsDep) -> PsResponse:
+async def running(models: ModelsDep, request: Request) -> PsResponse:
     return PsResponse(
         models=[
             RunningModel(
                 **_listed(m, _ollama_name(m.spec.name)).model_dump(), expires_at=_expires_at(m), size_vram=0
             )
             for m in models.loaded()
+            if may_see(request, m)
         ]
     )
 
