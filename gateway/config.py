@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from backends.paged.config import EngineConfig
 from gateway.auth.settings import AuthSettings
 from gateway.durations import parse_keep_alive
 
@@ -66,7 +67,7 @@ class ModelSpec(_Strict):
     keep_alive: str | int | float | None = Field(
         None, description="how long to stay loaded after the last request ('5m', 0, -1 = forever)"
     )
-    engine: dict[str, Any] | None = Field(None, description="paged engine settings (backend: paged only)")
+    engine: EngineConfig | None = Field(None, description="paged engine settings (backend: paged only)")
     messages: list[MessageSpec] = Field(
         default_factory=list, description="conversation that precedes every chat (Modelfile MESSAGE)"
     )

@@ -15,7 +15,7 @@ from gateway.registry import ManagedModel, ModelManager
 from gateway.settings import Settings
 
 logger = logging.getLogger("tandem.gateway")
-AVAILABLE_BACKENDS = ("llamacpp",)
+AVAILABLE_BACKENDS = ("llamacpp", "paged")
 
 DEMO_HINT = (
     "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, "
@@ -62,6 +62,14 @@ def load_backend(model: ManagedModel, settings: Settings) -> Backend:
             threads=settings.llamacpp_threads,
             retry_after_s=settings.retry_after_s,
         )
+    if spec.backend == "paged":
+        from backends.paged.backend import PagedBackend  # imports torch: only when a paged model loads
+        from backends.paged.config import EngineConfig
+
+        engine = spec.engine or EngineConfig()
+        if spec.context_length is not None and engine.max_model_len is None:
+            engine = engine.model_copy(update={"max_model_len": spec.context_length})
+        return PagedBackend.load(model.path, engine, spec.name)
     raise NotImplementedError(f"backend {spec.backend!r} is not available in this version yet")
 
 

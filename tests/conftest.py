@@ -128,18 +128,22 @@ def model_entry(tiny, profile: str, **extra) -> dict:
     if profile == "dev":
         entry = {"name": "tiny", "backend": "llamacpp", "path": str(tiny.gguf_path)}
     else:
-        entry = {"name": "tiny", "backend": "paged", "path": str(tiny.hf_dir)}
+        # small pools: the tests' prompts are short, and CI has 2 cores and no GPU
+        engine = {"max_num_seqs": 32, "max_num_batched_tokens": 1024, "cpu_kv_cache_gib": 0.05}
+        entry = {"name": "tiny", "backend": "paged", "path": str(tiny.hf_dir), "engine": engine}
     return {**entry, "aliases": ["default"], **extra}
 
 
-SERVED_PROFILES = ["dev"]
+# The same API tests run against both profiles: dev (llama.cpp) and prod (the paged engine).
+SERVED_PROFILES = ["dev", "prod"]
 
 
 @pytest.fixture(scope="session", params=SERVED_PROFILES)
 def server(request: pytest.FixtureRequest, tiny_llama, tmp_path_factory: pytest.TempPathFactory):
     """One shared server per profile, serving the tiny llama model as `tiny` (alias `default`)."""
     profile = request.param
-    config = {"profile": profile, "profiles": {profile: {"models": [model_entry(tiny_llama, profile)]}}}
+    entry = model_entry(tiny_llama, profile, preload=True)
+    config = {"profile": profile, "profiles": {profile: {"models": [entry]}}}
     running = start_server(config, tmp_path_factory.mktemp(f"server-{profile}"))
     yield running
     running.stop()

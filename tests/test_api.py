@@ -268,6 +268,14 @@ def test_unknown_route_and_method(server):
     _error(httpx.get(f"{server.v1}/chat/completions"), 405)
 
 
+def test_embeddings_only_where_the_backend_has_them(server):
+    response = _post(server, "embeddings", json={"model": "tiny", "input": "hi"})
+    if response.headers["x-tandem-backend"] == "paged":
+        assert "does not support embeddings" in _error(response, 400)["message"]
+    else:
+        assert response.status_code == 200
+
+
 def test_non_object_body(server):
     _error(_post(server, "completions", json=[1, 2, 3]), 400)
     _error(_post(server, "completions", json={"model": "tiny", "prompt": [-1]}), 400)

@@ -12,10 +12,12 @@ import pytest
 TEXTS = ["The quick brown fox", "jumps over the lazy dog", "🚲 tandem"]
 
 
+# embeddings are the llama.cpp backend's (dev profile); test_api checks the paged backend refuses them
+pytestmark = pytest.mark.parametrize("server", ["dev"], indirect=True)
+
+
 @pytest.fixture
 def dev_server(server):
-    if httpx.get(f"{server.v1}/models/tiny").json()["backend"] != "llamacpp":
-        pytest.skip("embeddings are served by the llama.cpp backend (dev profile)")
     return server
 
 

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SERVED_PROFILES, model_entry, start_server, wait_for_log
 
-CHAT = [{"role": "user", "content": "count"}]
+CHAT = [{"role": "user", "content": "count the blocks " * 16}]  # long enough to fill KV blocks
 
 
 @pytest.fixture(scope="module", params=SERVED_PROFILES)
@@ -92,6 +92,19 @@ def test_metrics_after_a_traffic_mix(fresh_server):
     assert _value(samples, "tandem_generation_tokens_total", **labels) > generated
     assert _value(samples, "tandem_requests_in_flight", **labels) == 0
     assert _value(samples, "tandem_requests_queued", **labels) == 0
+    if backend == "paged":  # the engine's own series, with vLLM's meanings
+        model = dict(model="tiny")
+        assert _value(samples, "tandem_engine_requests_running", **model) == 0
+        assert _value(samples, "tandem_engine_requests_waiting", **model) == 0
+        assert 0 <= _value(samples, "tandem_engine_kv_cache_usage_ratio", **model) < 1
+        assert _value(samples, "tandem_engine_prefix_cache_queries_total", **model) >= prompt_tokens
+        hits = _value(samples, "tandem_engine_prefix_cache_hits_total", **model)
+        assert hits > 0  # the second chat request repeats the first one's prompt
+        assert _value(samples, "tandem_engine_step_batch_size_count", **model) > 0
+        computed = _value(samples, "tandem_engine_step_tokens_sum", **model)
+        assert computed + hits >= prompt_tokens + generated - 4  # the last token of each is never computed
+        assert _value(samples, "tandem_engine_request_queue_time_seconds_count", **model) == 4
+        assert _value(samples, "tandem_engine_request_decode_time_seconds_count", **model) >= 3
     if backend == "llamacpp":
         assert _value(samples, "tandem_llamacpp_models_loaded") == 1
         assert _value(samples, "tandem_llamacpp_model_load_seconds", model="tiny") > 0

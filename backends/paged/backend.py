@@ -135,6 +135,7 @@ def _put_all(batch: list[tuple[_Sink, _Item]]) -> None:
 class PagedBackend:
     kind: ClassVar[str] = "paged"
     unsupported_features: ClassVar[frozenset[str]] = frozenset()
+    supports_embeddings: ClassVar[bool] = False
 
     def __init__(self, engine: LLMEngine, tokenizer: Tokenizer, model_name: str) -> None:
         self._engine = engine
@@ -183,6 +184,9 @@ class PagedBackend:
 
     def apply_chat_template(self, messages: list[ChatMessage]) -> str:
         return self._tokenizer.apply_chat_template(messages)
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        raise BackendError(f"model {self.model_name!r} (backend paged) does not serve embeddings")
 
     def stats(self) -> BackendStats:
         metrics = self._engine.metrics()
@@ -262,7 +266,9 @@ class PagedBackend:
                 except BackendError as exc:
                     self._deliver([(sink, exc)])
             for request_id in aborts:
-                engine.abort(request_id)
+                generated = engine.abort(request_id)
+                if generated is not None:
+                    log.info("request %s aborted after %d tokens", request_id, generated)
                 self._sinks.pop(request_id, None)
             if engine.has_unfinished():
                 self._step()

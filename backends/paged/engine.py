@@ -167,13 +167,14 @@ class LLMEngine:
         self._requests[seq.request_id] = seq
         self.scheduler.add(seq)
 
-    def abort(self, request_id: str) -> bool:
-        """Drop a request and free its blocks at once; False when it is unknown or already finished."""
+    def abort(self, request_id: str) -> int | None:
+        """Drop a request and free its blocks at once. Returns how many tokens it had generated, or None
+        when it is unknown or already finished."""
         seq = self._requests.pop(request_id, None)
         if seq is None:
-            return False
+            return None
         self.scheduler.finish(seq, FinishReason.ABORT)
-        return True
+        return seq.num_output_tokens
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
