@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.conftest import model_entry, start_server, wait_for_log
+from tests.conftest import SERVED_PROFILES, RunningServer, model_entry, start_server, wait_for_log
 
 PROMPTS = [
     f"Story number {i}: the {word}"
@@ -34,26 +35,40 @@ def test_eight_concurrent_clients_get_their_own_answers(server):
     assert got == expected
 
 
-@pytest.fixture(scope="module")
-def small_queue_server(tiny_llama, tmp_path_factory):
-    """A server with room for one running and one waiting request, and a long context for long generations."""
-    entry = model_entry(tiny_llama, "dev", context_length=16384)
-    config = {"profile": "dev", "profiles": {"dev": {"models": [entry]}}}
-    running = start_server(
-        config, tmp_path_factory.mktemp("small-queue"), env={"TANDEM_MAX_QUEUED_REQUESTS": "1"}
-    )
-    yield running
+@dataclass
+class QueueServer:
+    server: RunningServer
+    long: dict  # a streaming request that would run for many seconds if nobody stopped it
+
+
+@pytest.fixture(scope="module", params=SERVED_PROFILES)
+def small_queue_server(request, tiny_llama, tmp_path_factory):
+    """Room for one running and one waiting request, and a long context for long generations."""
+    if request.param == "dev":
+        entry = model_entry(tiny_llama, "dev", context_length=16384)
+        env, max_tokens = {"TANDEM_MAX_QUEUED_REQUESTS": "1"}, 16000
+    else:  # the engine batches: one sequence at a time and one waiting makes the same shape
+        entry = model_entry(tiny_llama, "prod")
+        entry["engine"] |= {"max_num_seqs": 1, "max_waiting_requests": 1}
+        env, max_tokens = {}, 4000
+    config = {"profile": request.param, "profiles": {request.param: {"models": [{**entry, "preload": True}]}}}
+    running = start_server(config, tmp_path_factory.mktemp(f"small-queue-{request.param}"), env=env)
+    long = {
+        "model": "tiny",
+        "prompt": "Go on and on",
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    yield QueueServer(running, long)
     running.stop()
 
 
-LONG = {"model": "tiny", "prompt": "Go on and on", "max_tokens": 16000, "ignore_eos": True, "stream": True}
-
-
 def test_disconnect_mid_stream_aborts_and_frees_the_model(small_queue_server):
-    server = small_queue_server
+    server, long = small_queue_server.server, small_queue_server.long
     with (
         httpx.Client(timeout=30) as client,
-        client.stream("POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "gone"}) as r,
+        client.stream("POST", f"{server.v1}/completions", json=long, headers={"x-request-id": "gone"}) as r,
     ):
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -61,36 +76,36 @@ def test_disconnect_mid_stream_aborts_and_frees_the_model(small_queue_server):
         assert received
         # leaving the block closed the connection mid-stream
     aborted = wait_for_log(server, r"request gone-0 aborted after (\d+) tokens")
-    assert int(aborted.group(1)) < 16000
+    assert int(aborted.group(1)) < long["max_tokens"]
     follow_up = server.openai().completions.create(model="tiny", prompt="Next", max_tokens=4, temperature=0)
     assert follow_up.usage.completion_tokens == 4
 
 
 def test_non_streaming_disconnect_aborts(small_queue_server):
-    server = small_queue_server
-    body = {**LONG, "stream": False}
+    server, long = small_queue_server.server, small_queue_server.long
+    body = {**long, "stream": False}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.v1}/completions", json=body, headers={"x-request-id": "impatient"}, timeout=1.5)
     aborted = wait_for_log(server, r"request impatient-0 aborted after (\d+) tokens")
-    assert int(aborted.group(1)) < 16000
+    assert int(aborted.group(1)) < long["max_tokens"]
 
 
 def test_full_queue_answers_503_with_retry_after(small_queue_server):
-    server = small_queue_server
+    server, long = small_queue_server.server, small_queue_server.long
     with (
         httpx.Client(timeout=30) as running,
         httpx.Client(timeout=30) as waiting,
         running.stream(
-            "POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "q1"}
+            "POST", f"{server.v1}/completions", json=long, headers={"x-request-id": "q1"}
         ) as first,
     ):
         first_lines = first.iter_lines()  # keep a reference: dropping it closes the connection
         next(first_lines)  # generating now
         with waiting.stream(
-            "POST", f"{server.v1}/completions", json=LONG, headers={"x-request-id": "q2"}
+            "POST", f"{server.v1}/completions", json=long, headers={"x-request-id": "q2"}
         ) as second:
             assert second.status_code == 200  # admitted, waiting behind the first
-            third = httpx.post(f"{server.v1}/completions", json={**LONG, "stream": False}, timeout=10)
+            third = httpx.post(f"{server.v1}/completions", json={**long, "stream": False}, timeout=10)
             assert third.status_code == 503, server.log()[-3000:]
             assert third.headers["retry-after"] == "1"
             assert third.json()["error"]["code"] == "queue_full"
