@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from backends.base import GenerationRequest, SamplingParams
+from bench.environment import describe_environment
 
 if TYPE_CHECKING:
     from backends.paged.engine import LLMEngine
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         report.hf = run_hf(args, engine, workload)
     print_report(report)
     if args.json is not None:
-        args.json.write_text(json.dumps(asdict(report), indent=2))
+        record = {"environment": describe_environment(argv), **asdict(report)}
+        args.json.write_text(json.dumps(record, indent=2))
     return 0
 
 
