@@ -15,10 +15,13 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import TandemHeadersMiddleware
 from gateway.model_store import ModelStore
 from gateway.registry import ModelManager
+from gateway.routing import Router
 from gateway.settings import Settings
 
 
-def create_app(settings: Settings, models: ModelManager, store: ModelStore, access: Access) -> FastAPI:
+def create_app(
+    settings: Settings, models: ModelManager, router: Router, store: ModelStore, access: Access
+) -> FastAPI:
     """`models` and `access` are built by the caller, so a bad config or model file fails before the server
     listens; the app owns them from then on and closes them at shutdown."""
     metrics = GatewayMetrics(models)
@@ -31,6 +34,7 @@ def create_app(settings: Settings, models: ModelManager, store: ModelStore, acce
         app.state.metrics = metrics
         app.state.store = store
         app.state.access = access
+        app.state.router = router
         await models.start()  # preloads the models that ask for it
         try:
             yield
@@ -41,9 +45,9 @@ def create_app(settings: Settings, models: ModelManager, store: ModelStore, acce
     app = FastAPI(title="tandem", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(TandemHeadersMiddleware, max_request_bytes=settings.max_request_bytes, metrics=metrics)
-    for router in routes.OPEN_ROUTERS:
-        app.include_router(router)
-    for router in routes.API_ROUTERS:
-        app.include_router(router, dependencies=[Depends(get_principal)])
+    for open_routes in routes.OPEN_ROUTERS:
+        app.include_router(open_routes)
+    for api_routes in routes.API_ROUTERS:
+        app.include_router(api_routes, dependencies=[Depends(get_principal)])
     app.include_router(admin_router)  # guarded by the master key itself
     return app

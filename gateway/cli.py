@@ -12,10 +12,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from backends.base import BackendUnavailableError
-from gateway import cli_create
+from gateway import cli_chat, cli_create, cli_pull
 from gateway.auth import add_cli_commands
 from gateway.config import ConfigError, Profile, TandemConfig, load_config, select_profile
 from gateway.model_store import ModelStore
+from gateway.routing import Router
 from gateway.settings import Settings
 
 logger = logging.getLogger("tandem")
@@ -60,7 +61,7 @@ async def _serve(settings: Settings, active: ActiveConfig) -> None:
         await models.aclose()
         raise ConfigError(source, [("", str(exc))]) from None
     access = await open_access(settings.auth_settings(active.config.auth))
-    app = create_app(settings, models, store, access)
+    app = create_app(settings, models, Router(active.profile, models), store, access)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
     )
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(handler=cmd_make_tiny_model)
 
     cli_create.add_commands(commands)
+    cli_pull.add_commands(commands)
+    cli_chat.add_commands(commands)
     add_cli_commands(commands)  # keys, teams, usage
 
     bench = commands.add_parser("bench", help="benchmarks (tandem bench throughput --help)")

@@ -16,7 +16,7 @@ from gateway.durations import parse_keep_alive
 
 DEFAULT_CONFIG_PATH = Path("config/tandem.yaml")
 BUILTIN_CONFIG_NAME = "<built-in default>"
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._:/@+*?-]*$")
 
 
 class ConfigError(Exception):
@@ -54,9 +54,32 @@ class MessageSpec(_Strict):
     content: str
 
 
+class RemoteSpec(_Strict):
+    """An OpenAI-compatible upstream server, reached through litellm."""
+
+    api_base: str = Field(description="e.g. http://vllm:8000/v1")
+    model: str | None = Field(None, description="the upstream's model name; default: the name requested")
+    api_key_env: str | None = Field(None, description="environment variable holding the upstream's API key")
+    provider: str = Field("openai", description="litellm provider prefix (openai = any OpenAI-compatible)")
+
+
+class DeploymentSpec(_Strict):
+    model: str = Field(description="another model of this profile that can serve the request")
+    weight: float = Field(1.0, ge=0, description="share of the traffic under strategy: weighted")
+
+
 class ModelSpec(_Strict):
-    name: str = Field(description="what clients send as `model`")
-    backend: Literal["llamacpp", "paged", "remote"]
+    name: str = Field(description="what clients send as `model`; may be a glob ('gpt-*') for remote models")
+    backend: Literal["llamacpp", "paged", "remote"] | None = Field(
+        None, description="where it runs; none when the entry only routes to `deployments`"
+    )
+    remote: RemoteSpec | None = Field(None, description="the upstream (backend: remote only)")
+    deployments: list[DeploymentSpec] = Field(default_factory=list, description="models that serve this one")
+    strategy: Literal["weighted", "least-busy", "latency"] = "weighted"
+    fallbacks: list[str] = Field(default_factory=list, description="tried on 5xx, timeout, overflow")
+    retries: int = Field(0, ge=0, le=10, description="more attempts on other deployments before fallbacks")
+    timeout_s: float | None = Field(None, gt=0, description="no answer by then: failed")
+    cooldown_s: float = Field(30.0, ge=0, description="how long a failed deployment is skipped")
     path: str | None = Field(None, description="GGUF file (llamacpp) or Hugging Face checkpoint dir (paged)")
     aliases: list[str] = Field(default_factory=list)
     context_length: int | None = Field(None, gt=0)
@@ -80,8 +103,12 @@ class ModelSpec(_Strict):
     def _check_names(cls, value: str | list[str]) -> str | list[str]:
         for name in [value] if isinstance(value, str) else value:
             if not _NAME_PATTERN.match(name):
-                raise ValueError(f"{name!r} is not a valid model name (letters, digits and ._:/@+- only)")
+                raise ValueError(f"{name!r} is not a valid model name (letters, digits and ._:/@+-*? only)")
         return value
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in self.name for c in "*?[")
 
     @field_validator("keep_alive")
     @classmethod
@@ -92,8 +119,14 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_backend_fields(self) -> ModelSpec:
+        if (self.backend is None) == (not self.deployments):
+            raise ValueError("give either `backend` or `deployments` (a list of other models to route to)")
         if self.backend in ("llamacpp", "paged") and not self.path:
             raise ValueError(f"backend {self.backend!r} needs `path`")
+        if (self.backend == "remote") != (self.remote is not None):
+            raise ValueError("backend 'remote' and a `remote:` section (api_base, model) go together")
+        if self.is_glob and self.backend != "remote" and not self.deployments:
+            raise ValueError("only remote models and routes may have a glob as their name")
         if self.engine is not None and self.backend != "paged":
             raise ValueError("`engine` settings apply to backend 'paged' only")
         return self
@@ -105,6 +138,9 @@ class ModelSpec(_Strict):
 
 class Profile(_Strict):
     models: list[ModelSpec] = Field(default_factory=list)
+    team_overrides: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per team, a requested model name served by another model"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Profile:
@@ -116,6 +152,14 @@ class Profile(_Strict):
                         f"model name or alias {name!r} is used twice ({seen[name]} and {model.name})"
                     )
                 seen[name] = model.name
+        for model in self.models:
+            for target in [d.model for d in model.deployments] + model.fallbacks:
+                if target not in seen:
+                    raise ValueError(f"model {model.name!r} routes to {target!r}, which is not defined")
+        for team, overrides in self.team_overrides.items():
+            for target in overrides.values():
+                if target not in seen:
+                    raise ValueError(f"team_overrides.{team} names {target!r}, which is not defined")
         return self
 
 

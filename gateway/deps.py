@@ -13,6 +13,7 @@ from gateway.errors import APIError, model_not_found
 from gateway.metrics import GatewayMetrics
 from gateway.model_store import ModelStore
 from gateway.registry import ManagedModel, ModelManager
+from gateway.routing import Router
 from gateway.settings import Settings
 
 
@@ -60,6 +61,7 @@ class CallContext:
 
     request: Request
     models: ModelManager
+    router: Router
     metrics: GatewayMetrics
     access: Access
     principal: Principal
@@ -75,7 +77,8 @@ def get_call(
     principal: PrincipalDep,
     metrics: Annotated[GatewayMetrics, Depends(get_metrics)],
 ) -> CallContext:
-    return CallContext(request, models, metrics, request.app.state.access, principal)
+    state = request.app.state
+    return CallContext(request, models, state.router, metrics, state.access, principal)
 
 
 CallDep = Annotated[CallContext, Depends(get_call)]
@@ -90,10 +93,15 @@ def record_model(request: Request, model: ManagedModel) -> None:
     request.state.tandem_model = model.spec.name
 
 
-def may_see(request: Request, model: ManagedModel) -> bool:
-    """Whether the caller's key may use the model (its model globs); always true without access control."""
+def may_see_names(request: Request, names: list[str]) -> bool:
+    """Whether the caller's key may use a model known by these names (its model globs); always true
+    without access control."""
     principal = getattr(request.state, "principal", None)
-    return principal is None or request.app.state.access.may_use(principal, *model.names)
+    return principal is None or request.app.state.access.may_use(principal, *names)
+
+
+def may_see(request: Request, model: ManagedModel) -> bool:
+    return may_see_names(request, model.names)
 
 
 def resolve_model(models: ModelManager, name: str, request: Request) -> ManagedModel:

@@ -31,8 +31,10 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        ollama_message: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.ollama_message = ollama_message or message  # Ollama's wording, where it has its own
         self.status = status
         self.body = ErrorBody(message=message, type=type, param=param, code=code)
         self.headers = headers or {}
@@ -53,6 +55,7 @@ def model_not_found(model: str) -> APIError:
         f"The model '{model}' does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
+        ollama_message=f"model '{model}' not found",
     )
 
 
@@ -89,11 +92,11 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 def _envelope(request: Request, error: APIError) -> JSONResponse:
     """Ollama's native API (/api/...) answers {"error": "message"}; everything else OpenAI's envelope."""
     if request.url.path.startswith(OLLAMA_PREFIX):
-        return JSONResponse({"error": error.body.message}, status_code=error.status, headers=error.headers)
+        return JSONResponse({"error": error.ollama_message}, status_code=error.status, headers=error.headers)
     return error.response()
 
 
-def _as_api_error(exc: Exception) -> APIError:
+def as_api_error(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, RequestValidationError):
@@ -113,7 +116,7 @@ def _as_api_error(exc: Exception) -> APIError:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return _envelope(request, _as_api_error(exc))
+        return _envelope(request, as_api_error(exc))
 
     for kind in (
         APIError,

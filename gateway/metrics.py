@@ -23,7 +23,7 @@ from gateway.registry import ModelManager
 
 UNKNOWN_MODEL = "_unknown"
 NO_TEAM = "none"
-LOCAL_DEPLOYMENT = "local"
+NO_DEPLOYMENT = "none"  # the deployment label of requests that reached no deployment
 
 
 class GatewayMetrics:
@@ -82,8 +82,10 @@ class GatewayMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def count_request(self, model: str, backend: str, status_code: int, team: str = NO_TEAM) -> None:
-        self.requests.labels(model, backend, LOCAL_DEPLOYMENT, str(status_code), team).inc()
+    def count_request(
+        self, model: str, backend: str, status_code: int, team: str = NO_TEAM, deployment: str = NO_DEPLOYMENT
+    ) -> None:
+        self.requests.labels(model, backend, deployment, str(status_code), team).inc()
 
     def track(self, model: str, backend: str, prompt_tokens: int, choices: int) -> GenerationTracker:
         return GenerationTracker(self, model, backend, prompt_tokens, choices)

@@ -7,10 +7,11 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError
-from gateway.metrics import NO_TEAM, UNKNOWN_MODEL, GatewayMetrics
+from gateway.metrics import NO_DEPLOYMENT, NO_TEAM, UNKNOWN_MODEL, GatewayMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-tandem-backend"
+DEPLOYMENT_HEADER = "x-tandem-deployment"
 GATEWAY_BACKEND = "gateway"  # what x-tandem-backend says when no model backend was involved
 COUNTED_PREFIXES = ("/v1/", "/api/")  # API traffic; not /metrics, /health
 
@@ -46,6 +47,7 @@ class TandemHeadersMiddleware:
                         state.get("tandem_backend", GATEWAY_BACKEND),
                         message["status"],
                         state.get("tandem_team", NO_TEAM),
+                        state.get("tandem_deployment", NO_DEPLOYMENT),
                     )
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 if not any(k.lower() == BACKEND_HEADER.encode() for k, _ in raw):
@@ -53,6 +55,8 @@ class TandemHeadersMiddleware:
                         (BACKEND_HEADER.encode(), state.get("tandem_backend", GATEWAY_BACKEND).encode())
                     )
                 raw.append((REQUEST_ID_HEADER.encode(), request_id.encode("latin-1")))
+                if "tandem_deployment" in state:
+                    raw.append((DEPLOYMENT_HEADER.encode(), state["tandem_deployment"].encode("latin-1")))
                 present = {k.lower() for k, _ in raw}
                 for name, value in state.get("ratelimit_headers", {}).items():
                     if name.lower().encode() not in present:

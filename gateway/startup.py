@@ -101,6 +101,22 @@ def _stored_models(
     return models
 
 
+def _check_routing(profile: Profile, spec: ModelSpec, key: str, source: str) -> None:
+    by_name = {name: other for other in profile.models for name in [other.name, *other.aliases]}
+    for index, deployment in enumerate(spec.deployments):
+        if by_name[deployment.model].deployments:
+            problem = f"{deployment.model!r} is itself a route: deployments must be models that run somewhere"
+            raise ConfigError(source, [(f"{key}.deployments[{index}].model", problem)])
+    remote = spec.remote
+    if remote is not None and remote.api_key_env and remote.api_key_env not in os.environ:
+        logger.warning(
+            "model %r: %s is not set; calling %s without an API key",
+            spec.name,
+            remote.api_key_env,
+            remote.api_base,
+        )
+
+
 def build_manager(
     profile: Profile, profile_name: str, settings: Settings, source: str, store: ModelStore
 ) -> ModelManager:
@@ -108,8 +124,9 @@ def build_manager(
     default_keep_alive = parse_keep_alive(settings.keep_alive)
     for index, spec in enumerate(profile.models):
         key = f"profiles.{profile_name}.models[{index}]"
+        _check_routing(profile, spec, key, source)
         if spec.backend not in AVAILABLE_BACKENDS:
-            raise ConfigError(source, [(f"{key}.backend", f"backend {spec.backend!r} is not available yet")])
+            continue  # remote upstreams and routes: the Router serves them, nothing to load here
         path = ensure_model_files(spec, key, source)
         keep_alive = parse_keep_alive(spec.keep_alive) if spec.keep_alive is not None else default_keep_alive
         models.append(ManagedModel(spec, path, keep_alive))

@@ -70,10 +70,10 @@ def test_metrics_after_a_traffic_mix(fresh_server):
     httpx.get(f"{server.base_url}/health")
 
     samples = _samples(server)
-    ok = dict(model="tiny", backend=backend, deployment="local", team="none")
+    ok = dict(model="tiny", backend=backend, deployment="tiny", team="none")
     assert _value(samples, "tandem_requests_total", **ok, status_code="200") == 4
     assert _value(samples, "tandem_requests_total", **ok, status_code="400") == 1
-    unknown = dict(model="_unknown", backend="gateway", deployment="local", team="none")
+    unknown = dict(model="_unknown", backend="gateway", deployment="none", team="none")
     assert _value(samples, "tandem_requests_total", **unknown, status_code="404") == 1
     assert _value(samples, "tandem_requests_total", **unknown, status_code="200") == 0  # /health, /metrics
     labels = dict(model="tiny", backend=backend)

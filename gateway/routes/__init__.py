@@ -10,9 +10,11 @@ from gateway.routes import (
     ollama,
     ollama_manage,
     ollama_models,
+    ollama_pull,
 )
 
 OPEN_ROUTERS = [health.router, metrics.router]
 API_ROUTERS = [
-    r.router for r in (models, chat, completions, embeddings, ollama, ollama_models, ollama_manage)
+    r.router
+    for r in (models, chat, completions, embeddings, ollama, ollama_models, ollama_manage, ollama_pull)
 ]

@@ -6,11 +6,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import CallDep, resolve_model
+from gateway.deps import CallContext, CallDep
+from gateway.dispatch import dispatch
 from gateway.errors import APIError
 from gateway.generation import prepare_chat
 from gateway.openai_protocol import (
@@ -26,6 +27,9 @@ from gateway.openai_protocol import (
     TopLogprob,
     Usage,
 )
+from gateway.registry import ManagedModel
+from gateway.remote_serving import remote_chat
+from gateway.routing import RemoteModel
 from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, open_generation, sse, stream_error
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -49,14 +53,23 @@ def chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, call: CallDep
+    body: ChatCompletionRequest, call: CallDep
+) -> ChatCompletion | StreamingResponse | JSONResponse:
+    async def on_upstream(remote: RemoteModel, requested: str) -> StreamingResponse | JSONResponse:
+        return await remote_chat(call, remote, body, requested)
+
+    return await dispatch(call, body.model, lambda model: _serve(call, body, model), on_upstream)
+
+
+async def _serve(
+    call: CallContext, body: ChatCompletionRequest, model: ManagedModel
 ) -> ChatCompletion | StreamingResponse:
-    model = resolve_model(call.models, body.model, request)
-    request_id = request.state.request_id
+    request, request_id = call.request, call.request_id
+    name = request.state.tandem_model
     generation = await open_generation(call, model, lambda m: prepare_chat(body, m, request_id))
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        events = _stream(generation, body, model.spec.name, completion_id, created)
+        events = _stream(generation, body, name, completion_id, created)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     async with generation:
         results = await generation.collect(request)
@@ -64,7 +77,7 @@ async def create_chat_completion(
     return ChatCompletion(
         id=completion_id,
         created=created,
-        model=model.spec.name,
+        model=name,
         choices=[
             ChatChoice(
                 index=i,

@@ -6,14 +6,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from backends.base import TokenLogprob
-from gateway.deps import CallDep, resolve_model
+from gateway.deps import CallContext, CallDep
+from gateway.dispatch import dispatch
 from gateway.generation import PreparedGeneration, completion_prompts, prepare_completion
 from gateway.openai_protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
-from gateway.registry import ServedModel
+from gateway.registry import ManagedModel, ServedModel
+from gateway.remote_serving import remote_completion
+from gateway.routing import RemoteModel
 from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, open_generation, sse, stream_error
 
 router = APIRouter(prefix="/v1", tags=["completions"])
@@ -34,10 +37,19 @@ def completion_logprobs(items: list[TokenLogprob], text_offset: int = 0) -> Comp
 
 @router.post("/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, request: Request, call: CallDep
+    body: CompletionRequest, call: CallDep
+) -> Completion | StreamingResponse | JSONResponse:
+    async def on_upstream(remote: RemoteModel, requested: str) -> StreamingResponse | JSONResponse:
+        return await remote_completion(call, remote, body, requested)
+
+    return await dispatch(call, body.model, lambda model: _serve(call, body, model), on_upstream)
+
+
+async def _serve(
+    call: CallContext, body: CompletionRequest, model: ManagedModel
 ) -> Completion | StreamingResponse:
-    model = resolve_model(call.models, body.model, request)
-    prompts, request_id = completion_prompts(body), request.state.request_id
+    request, name = call.request, call.request.state.tandem_model
+    prompts, request_id = completion_prompts(body), call.request_id
 
     def prepare(served: ServedModel) -> PreparedGeneration:
         # a batch of prompts fans out to len(prompts) * n choices, numbered prompt-major as OpenAI does
@@ -54,7 +66,7 @@ async def create_completion(
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     with_logprobs = body.logprobs is not None
     if body.stream:
-        events = _stream(generation, body, model.spec.name, completion_id, created)
+        events = _stream(generation, body, name, completion_id, created)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     async with generation:
         results = await generation.collect(request)
@@ -62,7 +74,7 @@ async def create_completion(
     return Completion(
         id=completion_id,
         created=created,
-        model=model.spec.name,
+        model=name,
         choices=[
             CompletionChoice(
                 index=i,

@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
-from gateway.deps import CallContext, CallDep, resolve_model
+from gateway.deps import CallContext, CallDep
+from gateway.dispatch import dispatch
 from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
 from gateway.ollama_protocol import (
@@ -19,7 +21,9 @@ from gateway.ollama_protocol import (
 )
 from gateway.openai_protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel
+from gateway.remote_serving import remote_embedding
 from gateway.routes.ollama_models import resolve_ollama_model
+from gateway.routing import RemoteModel
 
 router = APIRouter(tags=["embeddings"])
 
@@ -88,9 +92,15 @@ def _openai_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list
     return value  # type: ignore[return-value]
 
 
-@router.post("/v1/embeddings")
-async def openai_embeddings(body: EmbeddingRequest, request: Request, call: CallDep) -> EmbeddingList:
-    model = resolve_model(call.models, body.model, request)
+@router.post("/v1/embeddings", response_model=None)
+async def openai_embeddings(body: EmbeddingRequest, call: CallDep) -> EmbeddingList | JSONResponse:
+    async def on_upstream(remote: RemoteModel, requested: str) -> JSONResponse:
+        return await remote_embedding(call, remote, body, requested)
+
+    return await dispatch(call, body.model, lambda model: _serve_openai(call, body, model), on_upstream)
+
+
+async def _serve_openai(call: CallContext, body: EmbeddingRequest, model: ManagedModel) -> EmbeddingList:
     vectors, tokens, _ = await _embed(call, model, _openai_inputs(body.input), truncate=False)
     data = []
     for index, vector in enumerate(vectors):
@@ -100,9 +110,8 @@ async def openai_embeddings(body: EmbeddingRequest, request: Request, call: Call
             data.append(Embedding(index=index, embedding=encoded))
         else:
             data.append(Embedding(index=index, embedding=shortened))
-    return EmbeddingList(
-        data=data, model=model.spec.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
-    )
+    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    return EmbeddingList(data=data, model=call.request.state.tandem_model, usage=usage)
 
 
 def _keep_alive(value: str | int | float | None) -> float | object | None:

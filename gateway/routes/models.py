@@ -1,32 +1,43 @@
-"""GET /v1/models and /v1/models/{id}: every configured model, loaded or not."""
+"""GET /v1/models and /v1/models/{id}: every model a client may name, loaded or not, local or remote."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 
-from gateway.deps import ModelsDep, may_see, resolve_model
+from gateway.config import ModelSpec
+from gateway.deps import CallDep, may_see_names
+from gateway.errors import model_not_found
 from gateway.openai_protocol import ModelCard, ModelList
-from gateway.registry import ManagedModel
 
 router = APIRouter(prefix="/v1", tags=["models"])
+ROUTE_BACKEND = "router"  # what /v1/models says of an entry that routes to other models
 
 
-def _card(model: ManagedModel) -> ModelCard:
+def _card(call: CallDep, spec: ModelSpec) -> ModelCard:
+    local = call.models.resolve(spec.name) if spec.backend in ("llamacpp", "paged") else None
     return ModelCard(
-        id=model.spec.name,
-        created=model.created,
-        backend=model.spec.backend,
-        aliases=model.spec.aliases,
-        context_length=model.context_length,
-        state=model.state.value,
+        id=spec.name,
+        created=local.created if local is not None else int(time.time()),
+        backend=spec.backend or ROUTE_BACKEND,
+        aliases=spec.aliases,
+        context_length=local.context_length if local is not None else spec.context_length,
+        state=local.state.value if local is not None else "loaded",
     )
 
 
 @router.get("/models")
-async def list_models(models: ModelsDep, request: Request) -> ModelList:
-    return ModelList(data=[_card(model) for model in models if may_see(request, model)])
+async def list_models(call: CallDep, request: Request) -> ModelList:
+    visible = [s for s in call.router.entries() if may_see_names(request, [s.name, *s.aliases])]
+    return ModelList(data=[_card(call, spec) for spec in visible])
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, models: ModelsDep, request: Request) -> ModelCard:
-    return _card(resolve_model(models, model_id, request))
+async def get_model(model_id: str, call: CallDep, request: Request) -> ModelCard:
+    spec = call.router.lookup(model_id, call.principal.team)
+    if spec is None or not may_see_names(request, [model_id, spec.name, *spec.aliases]):
+        raise model_not_found(model_id)
+    request.state.tandem_model = spec.name
+    request.state.tandem_backend = spec.backend or ROUTE_BACKEND
+    return _card(call, spec)

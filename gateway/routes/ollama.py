@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from backends.base import ChatMessage
 from gateway.deps import CallDep, ModelsDep
+from gateway.dispatch import dispatch
 from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
 from gateway.generation import OLLAMA_DEFAULTS, PreparedGeneration, chat_prompt_ids, prepare_tokens
@@ -146,14 +147,13 @@ async def _load_only(models: ModelsDep, model: ManagedModel, keep_alive: float |
 
 @router.post("/chat", response_model=None)
 async def chat(body: ChatRequest, request: Request, call: CallDep):
-    models = call.models
-    model = resolve_ollama_model(models, body.model, request)
     _check_common(body)
     if any(m.images for m in body.messages):
         raise bad_request(f"model '{body.model}' does not support images")
     keep_alive = _keep_alive(body)
     if not body.messages:
-        reason = await _load_only(models, model, keep_alive)
+        model = resolve_ollama_model(call.models, body.model, request)
+        reason = await _load_only(call.models, model, keep_alive)
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=""),
                             done=True, done_reason=reason).model_dump()  # fmt: skip
     messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
@@ -162,13 +162,15 @@ async def chat(body: ChatRequest, request: Request, call: CallDep):
     def prepare(served: ServedModel) -> PreparedGeneration:
         return _prepare(body, served, chat_prompt_ids(served, messages), request_id)
 
-    generation = await open_generation(call, model, prepare, keep_alive)
-
     def piece(text: str, done: bool, reason: str | None) -> ChatResponse:
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=text),
                             done=done, done_reason=reason)  # fmt: skip
 
-    return await _respond(request, generation, body.stream, piece)
+    async def serve(model: ManagedModel) -> StreamingResponse | dict:
+        generation = await open_generation(call, model, prepare, keep_alive)
+        return await _respond(request, generation, body.stream, piece)
+
+    return await dispatch(call, body.model, serve)
 
 
 def _generate_prompt(body: GenerateRequest, served: ServedModel) -> list[int]:
@@ -188,8 +190,6 @@ def _generate_prompt(body: GenerateRequest, served: ServedModel) -> list[int]:
 
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, request: Request, call: CallDep):
-    models = call.models
-    model = resolve_ollama_model(models, body.model, request)
     _check_common(body)
     if body.images:
         raise bad_request(f"model '{body.model}' does not support images")
@@ -197,16 +197,15 @@ async def generate(body: GenerateRequest, request: Request, call: CallDep):
         raise bad_request(f"model '{body.model}' does not support insert (suffix)")
     keep_alive = _keep_alive(body)
     if not body.prompt and not body.context:
-        reason = await _load_only(models, model, keep_alive)
+        model = resolve_ollama_model(call.models, body.model, request)
+        reason = await _load_only(call.models, model, keep_alive)
         return GenerateResponse(model=body.model, created_at=timestamp(), response="", done=True,
                                 done_reason=reason).model_dump(exclude_none=True)  # fmt: skip
     request_id, prompt_ids = request.state.request_id, []
 
     def prepare(served: ServedModel) -> PreparedGeneration:
-        prompt_ids.extend(_generate_prompt(body, served))
+        prompt_ids[:] = _generate_prompt(body, served)  # each deployment tried tokenizes anew
         return _prepare(body, served, prompt_ids, request_id)
-
-    generation = await open_generation(call, model, prepare, keep_alive)
 
     def piece(text: str, done: bool, reason: str | None) -> GenerateResponse:
         return GenerateResponse(model=body.model, created_at=timestamp(), response=text, done=done,
@@ -215,4 +214,8 @@ async def generate(body: GenerateRequest, request: Request, call: CallDep):
     def final_fields(produced: list[int]) -> dict:
         return {} if body.raw else {"context": [*prompt_ids, *produced]}
 
-    return await _respond(request, generation, body.stream, piece, final_fields)
+    async def serve(model: ManagedModel) -> StreamingResponse | dict:
+        generation = await open_generation(call, model, prepare, keep_alive)
+        return await _respond(request, generation, body.stream, piece, final_fields)
+
+    return await dispatch(call, body.model, serve)

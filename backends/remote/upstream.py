@@ -1,0 +1,165 @@
+"""An OpenAI-compatible upstream (vLLM, Ollama, llama-server, OpenAI itself, another tandem) through litellm.
+
+Unlike the local backends this one works at the level of API requests, not tokens: the upstream owns
+tokenization and sampling, tandem forwards the request and passes the answer through, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from backends.base import BackendError
+
+logger = logging.getLogger("tandem.remote")
+
+# OpenAI request fields litellm takes as arguments; the rest (top_k, min_p, ...) travel in extra_body
+_NATIVE_FIELDS = frozenset(
+    {"temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
+     "frequency_penalty", "logit_bias", "user", "seed", "logprobs", "top_logprobs", "response_format",
+     "tools", "tool_choice", "parallel_tool_calls", "stream_options", "suffix", "echo", "best_of",
+     "dimensions", "encoding_format"}
+)  # fmt: skip
+
+
+class UpstreamError(BackendError):
+    """The upstream refused or failed; `status` is what the client gets (the upstream's own, if any)."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    api_base: str
+    model: str | None  # the upstream's name for the model; None: the name the client asked for
+    api_key: str | None
+    provider: str = "openai"  # litellm's provider prefix: openai-compatible by default
+    timeout_s: float | None = None
+
+
+def _litellm():
+    # litellm fetches a price list at import unless told not to; this machine (and many servers) is offline
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _error(exc: Exception) -> UpstreamError:
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    # litellm prefixes messages with its own class names ("litellm.NotFoundError: OpenAIException - ...")
+    message = str(getattr(exc, "message", None) or exc).split("Exception - ", 1)[-1].strip()
+    if "Timeout" in name:
+        return UpstreamError(504, f"the upstream did not answer in time: {message}", "upstream_timeout")
+    if "ContextWindowExceeded" in name:
+        return UpstreamError(400, message, "context_length_exceeded")
+    if "Connection" in name or "Connection error" in message or not isinstance(status, int):
+        return UpstreamError(502, f"the upstream is unreachable: {message}", "upstream_unreachable")
+    return UpstreamError(status, message, "upstream_error" if status >= 500 else None)
+
+
+def _clean(data: dict[str, Any]) -> dict[str, Any]:
+    """Back to OpenAI's shape: litellm adds provider_specific_fields and an empty choice to usage chunks."""
+    data.pop("provider_specific_fields", None)
+    choices = data.get("choices") or []
+    for choice in choices:
+        choice.pop("provider_specific_fields", None)
+        for part in ("message", "delta"):
+            if isinstance(choice.get(part), dict):
+                choice[part].pop("provider_specific_fields", None)
+    if data.get("usage") and all(not c.get("delta") and not c.get("finish_reason") for c in choices):
+        data["choices"] = []
+    return data
+
+
+class RemoteUpstream:
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self._litellm = _litellm()
+
+    def _arguments(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        config = self.config
+        arguments: dict[str, Any] = {
+            "model": f"{config.provider}/{config.model or requested_model}",
+            "api_base": config.api_base,
+            "api_key": config.api_key or "unused",  # OpenAI-compatible servers without keys accept any
+            "timeout": config.timeout_s,
+        }
+        extra = {}
+        for name, value in payload.items():
+            if name in ("model", "stream"):
+                continue
+            (arguments if name in _NATIVE_FIELDS or name in ("messages", "prompt", "input") else extra)[
+                name
+            ] = value
+        if extra:
+            arguments["extra_body"] = extra
+        return arguments
+
+    async def chat(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._litellm.acompletion(
+                **self._arguments(requested_model, payload), stream=False
+            )
+        except Exception as exc:
+            raise _error(exc) from exc
+        return _clean(response.model_dump(exclude_none=True))
+
+    async def chat_stream(
+        self, requested_model: str, payload: Mapping[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Opens the stream now (so a refusal surfaces before any response starts) and yields its chunks."""
+        return await _open(
+            self._litellm.acompletion(**self._arguments(requested_model, payload), stream=True)
+        )
+
+    async def completion_stream(
+        self, requested_model: str, payload: Mapping[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        arguments = self._arguments(requested_model, payload)
+        return await _open(self._litellm.atext_completion(**arguments, stream=True))
+
+    async def completion(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._litellm.atext_completion(**self._arguments(requested_model, payload))
+        except Exception as exc:
+            raise _error(exc) from exc
+        return _clean(response.model_dump(exclude_none=True))
+
+    async def embedding(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._litellm.aembedding(**self._arguments(requested_model, payload))
+        except Exception as exc:
+            raise _error(exc) from exc
+        return _clean(response.model_dump(exclude_none=True))
+
+
+async def _open(opening: Any) -> AsyncIterator[dict[str, Any]]:
+    try:
+        iterator = (await opening).__aiter__()
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        first, iterator = None, None
+    except Exception as exc:
+        raise _error(exc) from exc
+    return _chunks(first, iterator)
+
+
+async def _chunks(first: Any, iterator: Any) -> AsyncIterator[dict[str, Any]]:
+    if first is None:
+        return
+    yield _clean(first.model_dump(exclude_none=True))
+    try:
+        async for chunk in iterator:
+            yield _clean(chunk.model_dump(exclude_none=True))
+    except Exception as exc:
+        raise _error(exc) from exc

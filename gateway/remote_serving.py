@@ -1,0 +1,117 @@
+"""OpenAI requests served by a remote upstream: passed through, with limits and usage as for local models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from backends.remote.upstream import UpstreamError
+from gateway.auth import Admission
+from gateway.deps import CallContext
+from gateway.dispatch import upstream_api_error
+from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.routing import RemoteModel
+from gateway.streaming import SSE_DONE, SSE_HEADERS, stream_error
+
+DEFAULT_RESERVED_COMPLETION = 1024  # tokens reserved against tpm when a request sets no max_tokens
+
+
+def _payload(body: BaseModel) -> dict[str, Any]:
+    """What the client sent, as it sent it: defaults the upstream should pick stay unset."""
+    return body.model_dump(exclude_unset=True, exclude={"model", "stream"})
+
+
+def _reservation(payload: dict[str, Any]) -> int:
+    # the upstream tokenizes, not us: estimate ~4 characters a token until its usage arrives
+    prompt = (
+        len(json.dumps(payload.get("messages") or payload.get("prompt") or payload.get("input") or "")) // 4
+    )
+    completion = (
+        payload.get("max_completion_tokens") or payload.get("max_tokens") or DEFAULT_RESERVED_COMPLETION
+    )
+    return prompt + completion * int(payload.get("n") or 1)
+
+
+def _usage(data: dict[str, Any]) -> tuple[int, int]:
+    usage = data.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+async def _admit(call: CallContext, payload: dict[str, Any]) -> Admission:
+    admission = await call.access.admit(
+        call.principal, call.request.state.tandem_model, _reservation(payload)
+    )
+    call.request.state.ratelimit_headers = admission.headers
+    return admission
+
+
+async def _unary(
+    call: CallContext, remote: RemoteModel, payload: dict[str, Any], method: str, requested: str
+):
+    admission = await _admit(call, payload)
+    remote.in_flight += 1
+    prompt = completion = 0
+    try:
+        data = await getattr(remote.upstream(), method)(requested, payload)
+        prompt, completion = _usage(data)
+        return JSONResponse(data)
+    finally:
+        remote.in_flight -= 1
+        await admission.settle(prompt, completion)
+
+
+async def _streamed(
+    call: CallContext, remote: RemoteModel, payload: dict[str, Any], method: str, requested: str
+) -> StreamingResponse:
+    client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    payload = {**payload, "stream_options": {"include_usage": True}}  # so usage can be settled exactly
+    admission = await _admit(call, payload)
+    remote.in_flight += 1
+    try:
+        chunks = await getattr(remote.upstream(), method)(requested, payload)
+    except BaseException:
+        remote.in_flight -= 1
+        await admission.settle(0, 0)
+        raise
+
+    async def events() -> AsyncIterator[str]:
+        prompt = completion = 0
+        try:
+            async for chunk in chunks:
+                if chunk.get("usage"):
+                    prompt, completion = _usage(chunk)
+                    if not client_wants_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+            yield SSE_DONE
+        except UpstreamError as exc:  # too late for a status code: the error goes in the stream
+            yield stream_error(upstream_api_error(exc))
+        finally:
+            remote.in_flight -= 1
+            await admission.settle(prompt, completion)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def remote_chat(call: CallContext, remote: RemoteModel, body: ChatCompletionRequest, requested: str):
+    payload = _payload(body)
+    if body.stream:
+        return await _streamed(call, remote, payload, "chat_stream", requested)
+    return await _unary(call, remote, payload, "chat", requested)
+
+
+async def remote_completion(call: CallContext, remote: RemoteModel, body: CompletionRequest, requested: str):
+    payload = _payload(body)
+    if body.stream:
+        return await _streamed(call, remote, payload, "completion_stream", requested)
+    return await _unary(call, remote, payload, "completion", requested)
+
+
+async def remote_embedding(call: CallContext, remote: RemoteModel, body: EmbeddingRequest, requested: str):
+    return await _unary(call, remote, _payload(body), "embedding", requested)
