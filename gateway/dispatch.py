@@ -35,18 +35,24 @@ def upstream_api_error(exc: UpstreamError) -> APIError:
 CAPACITY_CODES = frozenset({"context_length_exceeded", "queue_full", "models_busy", "insufficient_memory"})
 
 
+# a deployment that failed: skip it for a while
+FAILURE_CODES = frozenset({"backend_unavailable", "upstream_timeout"})
+
+
 def _failover_error(exc: Exception) -> APIError | None:
-    """The error as the client would see it, if another deployment may still serve the request."""
+    """The error as the client would see it, if another deployment may still serve the request.
+
+    Only the deployment's own trouble fails over; tandem's refusals of the caller (its rate limits, its
+    access store being down) and the client's mistakes are answered as they are.
+    """
     if isinstance(exc, QueueFullError | BackendUnavailableError):
         return as_api_error(exc)
     if isinstance(exc, UpstreamError):
         error = upstream_api_error(exc)
-    elif isinstance(exc, APIError):
-        error = exc
-    else:
-        return None
-    if error.status >= 500 or error.status in (408, 429) or error.body.code in CAPACITY_CODES:
-        return error
+        upstream_trouble = error.status >= 500 or error.status in (408, 429)
+        return error if upstream_trouble or error.body.code in CAPACITY_CODES else None
+    if isinstance(exc, APIError) and exc.body.code in CAPACITY_CODES | FAILURE_CODES:
+        return exc
     return None
 
 

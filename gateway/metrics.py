@@ -53,11 +53,12 @@ class GatewayMetrics:
             "tandem_time_per_output_token_seconds", "Per request: (end - first token) / (output tokens - 1).",
             per_model, buckets=LATENCY_BUCKETS_S, registry=r,
         )  # fmt: skip
+        per_team = [*per_model, "team"]
         self.prompt_tokens = Counter(
-            "tandem_prompt_tokens", "Prompt tokens of served requests.", per_model, registry=r
+            "tandem_prompt_tokens", "Prompt tokens of served requests.", per_team, registry=r
         )
         self.generation_tokens = Counter(
-            "tandem_generation_tokens", "Generated tokens.", per_model, registry=r
+            "tandem_generation_tokens", "Generated tokens.", per_team, registry=r
         )
         self.in_flight = Gauge(
             "tandem_requests_in_flight", "Generation requests being served.", per_model, registry=r
@@ -87,18 +88,21 @@ class GatewayMetrics:
     ) -> None:
         self.requests.labels(model, backend, deployment, str(status_code), team).inc()
 
-    def track(self, model: str, backend: str, prompt_tokens: int, choices: int) -> GenerationTracker:
-        return GenerationTracker(self, model, backend, prompt_tokens, choices)
+    def track(
+        self, model: str, backend: str, team: str, prompt_tokens: int, choices: int
+    ) -> GenerationTracker:
+        return GenerationTracker(self, model, backend, team, prompt_tokens, choices)
 
 
 class GenerationTracker:
     """Times one API call's generation (all n choices) as its chunks pass through the gateway."""
 
     def __init__(
-        self, metrics: GatewayMetrics, model: str, backend: str, prompt_tokens: int, choices: int
+        self, metrics: GatewayMetrics, model: str, backend: str, team: str, prompt_tokens: int, choices: int
     ) -> None:
         self._metrics = metrics
         self._labels = (model, backend)
+        self._team = team
         self._prompt_tokens = prompt_tokens
         self._start = time.perf_counter()
         self._first_token: float | None = None
@@ -125,8 +129,8 @@ class GenerationTracker:
         self._finished = True
         m, labels, end = self._metrics, self._labels, time.perf_counter()
         m.in_flight.labels(*labels).dec()
-        m.prompt_tokens.labels(*labels).inc(self._prompt_tokens)
-        m.generation_tokens.labels(*labels).inc(self._tokens)
+        m.prompt_tokens.labels(*labels, self._team).inc(self._prompt_tokens)
+        m.generation_tokens.labels(*labels, self._team).inc(self._tokens)
         if not completed:
             m.client_disconnects.labels(*labels).inc()
             return

@@ -18,7 +18,7 @@ from gateway.auth import Admission
 from gateway.deps import CallContext
 from gateway.errors import APIError
 from gateway.generation import PreparedGeneration
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import NO_TEAM, GatewayMetrics
 from gateway.openai_protocol import ErrorBody
 from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ServedModel
 
@@ -53,7 +53,12 @@ class Generation:
     """
 
     def __init__(
-        self, lease: Lease, prepared: PreparedGeneration, metrics: GatewayMetrics, admission: Admission
+        self,
+        lease: Lease,
+        prepared: PreparedGeneration,
+        metrics: GatewayMetrics,
+        admission: Admission,
+        team: str,
     ) -> None:
         self._lease = lease
         self._admission = admission
@@ -71,7 +76,7 @@ class Generation:
         self.completion_tokens = 0
         self.started_ns = time.perf_counter_ns()
         self.first_token_ns: int | None = None
-        self._tracker = metrics.track(model, backend.kind, prepared.prompt_tokens, len(self._streams))
+        self._tracker = metrics.track(model, backend.kind, team, prepared.prompt_tokens, len(self._streams))
 
     def _abort(self) -> None:
         for stream in self._streams:
@@ -165,7 +170,7 @@ async def open_generation(
         reserved = prepared.prompt_tokens + sum(r.sampling.max_tokens for r in prepared.requests)
         admission = await call.access.admit(call.principal, model.spec.name, reserved)
         call.request.state.ratelimit_headers = admission.headers
-        return Generation(lease, prepared, call.metrics, admission)
+        return Generation(lease, prepared, call.metrics, admission, call.principal.team or NO_TEAM)
     except BaseException:
         lease.release()
         if admission is not None:  # admitted by the limits, refused by the backend (e.g. its queue is full)

@@ -1,16 +1,12 @@
 """Every PromQL expression of every shipped Grafana dashboard returns data from a real Prometheus scraping a
-real tandem that served a scripted mix of traffic: plain and streamed requests, a 400, a 404 and a client
-that disconnects mid-stream.
+real tandem that served a scripted mix of traffic: plain and streamed requests, a 400, a 404, a client that
+disconnects mid-stream, 429s from a team's rate limit, and a failing upstream that falls back.
 
 Prometheus (Debian package `prometheus`, see .ci/apt-packages) runs on loopback with a copy of
 config/prometheus.yml scraping every second; the queries go through its HTTP API with Grafana's variables
 filled in ($__rate_interval: 2m, every template variable: All). Without the binary the tests skip, or fail
 when the CI environment variable is set.
 
-Skipped per expression, with the reason: expressions over the metrics of the team-endpoint issue (rate
-limits, upstream errors, fallbacks) while Prometheus has no series of them (this traffic has no team limits,
-deployments or fallbacks), and the engine dashboard's tandem_engine_* series while the gateway cannot serve
-a `paged` model yet (the test serves one as soon as the gateway accepts it).
 """
 
 from __future__ import annotations
@@ -40,12 +36,7 @@ from tests.test_deploy import (
 
 RATE_INTERVAL = "2m"  # covers both traffic rounds and the scrapes between them
 RANGE = "5m"
-TEAM_ISSUE_METRICS = {
-    "tandem_rate_limit_rejections_total",
-    "tandem_upstream_errors_total",
-    "tandem_fallbacks_total",
-}
-PAGED_UNAVAILABLE = "'paged' is not available"  # the gateway's refusal while the engine is not wired in
+MASTER_KEY = "sk-dashboards-master"
 
 
 @dataclass
@@ -53,7 +44,7 @@ class Stack:
     tandem: RunningServer
     prometheus_url: str
     prometheus_log: Path
-    paged: bool  # whether the gateway serves a model on the paged backend (tandem_engine_* series)
+    team_keys: list[str]  # keys of team "research" with low limits, to produce 429s
     eval_time: float = 0.0
 
     def api(self, path: str, **params) -> dict:
@@ -81,21 +72,33 @@ class Stack:
             time.sleep(0.25)
 
 
-def _tandem(tiny_llama, workdir: Path) -> tuple[RunningServer, bool]:
-    """tandem with the tiny model on llama.cpp and, where the gateway can serve it, on the paged engine."""
+def _tandem(tiny_llama, workdir: Path) -> RunningServer:
+    """tandem with access control on, the tiny model on llama.cpp and on the paged engine, and an upstream
+    that never answers (so that its fallback is taken)."""
     llamacpp = model_entry(tiny_llama, "dev", context_length=4096)
     paged = model_entry(
         tiny_llama, "prod", name="tiny-paged", aliases=[], engine={"device": "cpu", "cpu_kv_cache_gib": 0.25}
     )
-    env = {"TANDEM_LLAMACPP_THREADS": "1"}
-    config = {"profile": "dev", "profiles": {"dev": {"models": [llamacpp, paged]}}}
-    try:
-        return start_server(config, workdir / "both", env=env), True
-    except RuntimeError as exc:
-        if PAGED_UNAVAILABLE not in str(exc):
-            raise
-    config = {"profile": "dev", "profiles": {"dev": {"models": [llamacpp]}}}
-    return start_server(config, workdir / "llamacpp", env=env), False
+    flaky = {"name": "flaky", "backend": "remote", "remote": {"api_base": "http://127.0.0.1:9/v1"},
+             "fallbacks": ["tiny"], "cooldown_s": 0}  # fmt: skip
+    env = {"TANDEM_LLAMACPP_THREADS": "1", "TANDEM_MASTER_KEY": MASTER_KEY}
+    config = {"profile": "dev", "profiles": {"dev": {"models": [llamacpp, paged, flaky]}}}
+    return start_server(config, workdir / "stack", env=env)
+
+
+def _team_keys(tandem: RunningServer) -> list[str]:
+    """Two keys of team "research": one that hits its requests-per-minute limit, one its tokens-per-minute."""
+    keys = []
+    for name, limits in (("by-requests", {"rpm": 2}), ("by-tokens", {"tpm": 50})):
+        body = {"name": name, "team": "research", **limits}
+        response = httpx.post(f"{tandem.base_url}/admin/keys", json=body, headers=_master())
+        assert response.status_code == 201, response.text
+        keys.append(response.json()["key"])
+    return keys
+
+
+def _master() -> dict[str, str]:
+    return {"authorization": f"Bearer {MASTER_KEY}"}
 
 
 def _prometheus_config(tandem_port: int) -> dict:
@@ -111,7 +114,7 @@ def _prometheus_config(tandem_port: int) -> dict:
 def stack(tiny_llama, tmp_path_factory) -> Iterator[Stack]:
     prometheus = require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("dashboards-live")
-    tandem, paged = _tandem(tiny_llama, workdir)
+    tandem = _tandem(tiny_llama, workdir)
     process = None
     try:
         config = workdir / "prometheus.yml"
@@ -124,13 +127,13 @@ def stack(tiny_llama, tmp_path_factory) -> Iterator[Stack]:
                  f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        stack = Stack(tandem, f"http://127.0.0.1:{port}", log, paged)
+        stack = Stack(tandem, f"http://127.0.0.1:{port}", log, _team_keys(tandem))
         _wait_until_ready(stack, process)
         stack.wait_for_scrapes(1)
         # Two rounds: the first creates the series, the second increases them between scrapes, so that
         # rate() and histogram_quantile() have something to compute.
         for _ in range(2):
-            _drive_traffic(tandem, paged)
+            _drive_traffic(tandem, stack.team_keys)
             stack.wait_for_scrapes(2)
         stack.eval_time = time.time()
         yield stack
@@ -164,8 +167,8 @@ def _wait_until_ready(stack: Stack, process: subprocess.Popen) -> None:
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}], "temperature": 0}
 
 
-def _drive_traffic(tandem: RunningServer, paged: bool) -> None:
-    with httpx.Client(base_url=tandem.v1, timeout=120) as client:
+def _drive_traffic(tandem: RunningServer, team_keys: list[str]) -> None:
+    with httpx.Client(base_url=tandem.v1, timeout=120, headers=_master()) as client:
         ok = client.post("/chat/completions", json={**CHAT, "max_tokens": 8})
         assert ok.status_code == 200, ok.text
         _stream_all(client, "/chat/completions", {**CHAT, "max_tokens": 16, "ignore_eos": True})
@@ -190,12 +193,20 @@ def _drive_traffic(tandem: RunningServer, paged: bool) -> None:
             lines = response.iter_lines()
             assert [line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data:")]
 
-        if paged:
-            shared = "A long shared preamble that the prefix cache should find the second time. " * 4
-            for question in ("What next?", "What next?", "And then?"):
-                body = {"model": "tiny-paged", "prompt": shared + question, "max_tokens": 8, "temperature": 0}
-                assert client.post("/completions", json=body).status_code == 200
-                _stream_all(client, "/completions", {**body, "max_tokens": 16, "ignore_eos": True})
+        shared = "A long shared preamble that the prefix cache should find the second time. " * 4
+        for question in ("What next?", "What next?", "And then?"):
+            body = {"model": "tiny-paged", "prompt": shared + question, "max_tokens": 8, "temperature": 0}
+            assert client.post("/completions", json=body).status_code == 200
+            _stream_all(client, "/completions", {**body, "max_tokens": 16, "ignore_eos": True})
+
+        fallback = client.post("/chat/completions", json={**CHAT, "model": "flaky", "max_tokens": 4})
+        assert fallback.status_code == 200 and fallback.headers["x-tandem-deployment"] == "tiny"
+
+        for key, max_tokens in zip(team_keys, (2, 20), strict=True):
+            team = {"authorization": f"Bearer {key}"}
+            codes = [client.post("/chat/completions", json={**CHAT, "max_tokens": max_tokens}, headers=team)
+                     .status_code for _ in range(4)]  # fmt: skip
+            assert 429 in codes, codes
 
 
 def _stream_all(client: httpx.Client, path: str, body: dict) -> None:
@@ -210,21 +221,8 @@ def _series_count(stack: Stack, metric: str) -> int:
     return int(float(result[0]["value"][1])) if result else 0
 
 
-def _skip_reason(query: DashboardQuery, stack: Stack) -> str | None:
-    names = metric_names(query.expr)
-    team_metrics = sorted(names & TEAM_ISSUE_METRICS)
-    if team_metrics and not any(_series_count(stack, name) for name in team_metrics):
-        return f"needs rate limits (team issue): no {', '.join(team_metrics)} series yet"
-    if not stack.paged and any(n.startswith("tandem_engine_") for n in names):
-        return "needs a model on the paged backend, which the gateway cannot serve yet"
-    return None
-
-
 @pytest.mark.parametrize("query", QUERIES, ids=lambda q: q.id)
 def test_dashboard_expression_returns_data(stack: Stack, query: DashboardQuery):
-    reason = _skip_reason(query, stack)
-    if reason:
-        pytest.skip(reason)
     expr = instantiate(query.expr, RATE_INTERVAL, RANGE)
     result = stack.query(expr)
     values = [float(sample["value"][1]) for sample in result]

@@ -82,14 +82,14 @@ def test_metrics_after_a_traffic_mix(fresh_server):
     assert _value(samples, "tandem_time_per_output_token_seconds_count", **labels) == 3
     # one gap per token after the first, for the completed requests and the abandoned one alike
     assert _value(samples, "tandem_inter_token_latency_seconds_count", **labels) == (
-        _value(samples, "tandem_generation_tokens_total", **labels) - 4
+        _value(samples, "tandem_generation_tokens_total", **labels, team="none") - 4
     )
     assert _value(samples, "tandem_client_disconnects_total", **labels) == 1
     assert (
-        _value(samples, "tandem_prompt_tokens_total", **labels)
+        _value(samples, "tandem_prompt_tokens_total", **labels, team="none")
         == prompt_tokens + stream_usage["prompt_tokens"]
     )
-    assert _value(samples, "tandem_generation_tokens_total", **labels) > generated
+    assert _value(samples, "tandem_generation_tokens_total", **labels, team="none") > generated
     assert _value(samples, "tandem_requests_in_flight", **labels) == 0
     assert _value(samples, "tandem_requests_queued", **labels) == 0
     if backend == "paged":  # the engine's own series, with vLLM's meanings

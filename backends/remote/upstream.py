@@ -93,6 +93,7 @@ class RemoteUpstream:
             "api_base": config.api_base,
             "api_key": config.api_key or "unused",  # OpenAI-compatible servers without keys accept any
             "timeout": config.timeout_s,
+            "max_retries": 0,  # tandem's router retries, on another deployment if there is one
         }
         extra = {}
         for name, value in payload.items():
