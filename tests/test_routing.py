@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 
 import httpx
@@ -27,7 +28,16 @@ def upstream(tiny_llama, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream, tiny_llama, tmp_path_factory):
+def mortal(tiny_llama, tmp_path_factory):
+    """An upstream that one test kills."""
+    entry = {**model_entry(tiny_llama, "dev"), "preload": True}
+    server = start_server({"profiles": {"dev": {"models": [entry]}}}, tmp_path_factory.mktemp("mortal"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream, mortal, tiny_llama, tmp_path_factory):
     local = model_entry(tiny_llama, "dev")
     models = [
         {**local, "preload": True},
@@ -40,6 +50,8 @@ def gateway(upstream, tiny_llama, tmp_path_factory):
         {"name": "split", "deployments": [{"model": "tiny", "weight": 1}, {"model": "tiny2", "weight": 1}]},
         {"name": "pinned", "deployments": [{"model": "tiny", "weight": 0}, {"model": "tiny2", "weight": 1}]},
         {"name": "busy", "strategy": "least-busy", "deployments": [{"model": "tiny"}, {"model": "tiny2"}]},
+        {"name": "mortal", "backend": "remote", "remote": {"api_base": mortal.v1, "model": "tiny"},
+         "fallbacks": ["tiny"], "cooldown_s": 2},
     ]  # fmt: skip
     server = start_server({"profiles": {"dev": {"models": models}}}, tmp_path_factory.mktemp("gateway"))
     yield server
@@ -105,6 +117,19 @@ def test_unreachable_upstream_falls_back_and_cools_down(gateway):
     # the second request skipped the cooling deployment: one failure, two fallbacks
     assert metrics[("tandem_upstream_errors_total", (("deployment", "dead"), ("model", "dead")))] == 1
     assert metrics[("tandem_fallbacks_total", (("fallback", "tiny"), ("model", "dead")))] == 2
+
+
+def test_upstream_killed_mid_test_falls_back_then_is_retried_after_its_cooldown(gateway, mortal):
+    failures = ("tandem_upstream_errors_total", (("deployment", "mortal"), ("model", "mortal")))
+    assert _chat(gateway, "mortal")[0]["x-tandem-deployment"] == "mortal"
+    mortal.stop()
+    assert _chat(gateway, "mortal")[0]["x-tandem-deployment"] == "tiny"
+    assert _metrics(gateway)[failures] == 1
+    assert _chat(gateway, "mortal")[0]["x-tandem-deployment"] == "tiny"
+    assert _metrics(gateway)[failures] == 1  # cooling down: not even tried
+    time.sleep(2.2)
+    assert _chat(gateway, "mortal")[0]["x-tandem-deployment"] == "tiny"
+    assert _metrics(gateway)[failures] == 2  # tried again once the cooldown was over
 
 
 def test_context_overflow_falls_back_to_a_bigger_model(gateway):

@@ -160,3 +160,25 @@ def test_redis_down_fails_closed_with_a_clear_503(replicas, redis_server):
         redis_server.resume()
     assert refused.status_code == 503
     assert "error" in refused.json() and refused.headers.get("retry-after")
+    assert (
+        httpx.get(f"{a.v1}/models", headers={"authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+    )
+
+
+def test_redis_down_fail_open_serves_known_keys(redis_server, tiny_llama, tmp_path_factory):
+    config = {"profile": "dev", "profiles": {"dev": {"models": [model_entry(tiny_llama, "dev")]}}}
+    env = {"TANDEM_MASTER_KEY": MASTER, "TANDEM_REDIS_URL": redis_server.url,
+           "TANDEM_REDIS_FAILURE_MODE": "fail_open"}  # fmt: skip
+    server = start_server(config, tmp_path_factory.mktemp("fail-open"), env=env)
+    try:
+        key = _create_key(server, "--name", "regular", "--rpm", "100")
+        assert _client(server, key).chat.completions.create(model="tiny", messages=CHAT, max_tokens=1).choices
+        redis_server.pause()
+        try:
+            served = _client(server, key).chat.completions.create(model="tiny", messages=CHAT, max_tokens=1)
+        finally:
+            redis_server.resume()
+        assert served.choices
+        assert "access store unreachable" in server.log() and "fail_open: serving" in server.log()
+    finally:
+        server.stop()
