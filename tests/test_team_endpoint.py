@@ -182,3 +182,22 @@ def test_redis_down_fail_open_serves_known_keys(redis_server, tiny_llama, tmp_pa
         assert "access store unreachable" in server.log() and "fail_open: serving" in server.log()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "says"),
+    [
+        ("POST", "/admin/keys", {"name": "g", "models": ["llama-[3"]}, 400, "is not a model glob"),
+        ("POST", "/admin/keys", {"name": "g", "models": ["has space"]}, 400, "is not a model glob"),
+        ("POST", "/admin/keys", {"name": "n", "rpm": -5}, 400, "rpm"),
+        ("POST", "/admin/keys", {"name": "n", "budget_tokens": 10, "budget_period": "often"}, 400, "budget"),
+        ("POST", "/admin/keys", {"name": ""}, 400, "name"),
+        ("PUT", "/admin/teams/research", {"tpm": 0}, 400, "tpm"),
+        ("DELETE", "/admin/keys/sk-tandem-000000000000", None, 404, "no api key"),
+    ],
+)
+def test_bad_admin_input_gets_a_clear_error(replicas, method, path, body, status, says):
+    a, _ = replicas
+    response = httpx.request(method, f"{a.base_url}{path}", json=body, headers={"x-api-key": MASTER})
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]["message"].lower() + str(response.json()["error"]["param"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.auth.keys import key_prefix
 from gateway.auth.records import Duration, KeyRecord, Limits, TeamName, TeamRecord, UsageRow
+
+_GLOB = re.compile(r"[A-Za-z0-9._:/@+*?!\[\]-]+")
 
 
 class KeyCreate(Limits):
@@ -20,6 +23,16 @@ class KeyCreate(Limits):
     team: TeamName | None = None
     models: list[str] = Field(default_factory=list, description="fnmatch globs; empty: every model")
     expires_in: Duration | None = Field(None, description="e.g. 30d; none: never expires")
+
+    @field_validator("models")
+    @classmethod
+    def _check_globs(cls, globs: list[str]) -> list[str]:
+        for glob in globs:
+            if not _GLOB.fullmatch(glob) or glob.count("[") != glob.count("]"):
+                raise ValueError(
+                    f"{glob!r} is not a model glob (model-name characters with * ? and [...] only)"
+                )
+        return globs
 
     def limits(self) -> Limits:
         return Limits.model_validate(self.model_dump(include=set(Limits.model_fields)))
