@@ -208,7 +208,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     client = httpx.Client(base_url=url, headers=_api_headers(), timeout=httpx.Timeout(10, read=None))
     session = ChatSession(client, args.model, system=args.system, verbose=args.verbose)
     try:
-        session.load()
+        if sys.stderr.isatty():  # a model can take a while to load: show that something is happening
+            from rich.console import Console
+
+            with Console(stderr=True).status(f"loading {args.model}…"):
+                session.load()
+        else:
+            session.load()
         if sys.stdin.isatty():
             _converse(session)
         elif text := sys.stdin.read().strip():  # piped: all of it is one message, as `echo hi | ollama run M`

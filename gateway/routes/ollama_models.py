@@ -24,7 +24,7 @@ from gateway.ollama_protocol import (
     TagsResponse,
     VersionResponse,
 )
-from gateway.registry import ManagedModel, ModelManager
+from gateway.registry import ManagedModel, ModelManager, ModelState
 
 router = APIRouter(prefix="/api", tags=["ollama"])
 LATEST = ":latest"
@@ -90,8 +90,8 @@ async def running(models: ModelsDep, request: Request) -> PsResponse:
             RunningModel(
                 **_listed(m, _ollama_name(m.spec.name)).model_dump(), expires_at=_expires_at(m), size_vram=0
             )
-            for m in models.loaded()
-            if may_see(request, m)
+            for m in models
+            if m.state is not ModelState.UNLOADED and may_see(request, m)  # loading ones too, as Ollama
         ]
     )
 
