@@ -19,7 +19,7 @@ from gateway.deps import CallContext
 from gateway.errors import APIError
 from gateway.generation import PreparedGeneration
 from gateway.metrics import NO_TEAM, GatewayMetrics
-from gateway.openai_protocol import ErrorBody
+from gateway.openai_protocol import ErrorBody, Usage
 from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ServedModel
 
 logger = logging.getLogger("tandem.gateway")
@@ -87,6 +87,13 @@ class Generation:
 
     async def __aenter__(self) -> Generation:
         return self
+
+    def usage(self) -> Usage:
+        """Exact token counts of what was produced so far (all of it, once the generation has ended)."""
+        total = self.prompt_tokens + self.completion_tokens
+        return Usage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, total_tokens=total
+        )
 
     @property
     def load_seconds(self) -> float:

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from backends.base import TokenLogprob
 from gateway.deps import CallContext, CallDep
 from gateway.dispatch import dispatch
-from gateway.errors import APIError
 from gateway.generation import prepare_chat
 from gateway.openai_protocol import (
     AssistantMessage,
@@ -73,7 +72,6 @@ async def _serve(
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     async with generation:
         results = await generation.collect(request)
-    completion_tokens = sum(r.completion_tokens for r in results)
     return ChatCompletion(
         id=completion_id,
         created=created,
@@ -87,11 +85,7 @@ async def _serve(
             )
             for i, r in enumerate(results)
         ],
-        usage=Usage(
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=generation.prompt_tokens + completion_tokens,
-        ),
+        usage=generation.usage(),
     )
 
 
@@ -107,14 +101,12 @@ async def _stream(
             )
         )
 
-    completion_tokens = 0
     async with generation:
         n = len(generation)
         for i in range(n):
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
         try:
             async for index, piece in generation.chunks():
-                completion_tokens += len(piece.token_ids)
                 logprobs = chat_logprobs(piece.logprobs) if body.logprobs and piece.logprobs else None
                 if piece.text or logprobs:
                     delta = ChatDelta(content=piece.text)
@@ -122,13 +114,9 @@ async def _stream(
                 if piece.finish_reason is not None:
                     reason = piece.finish_reason.value
                     yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)])
-        except (APIError, Exception) as exc:
+        except Exception as exc:
             yield stream_error(exc)
             return
     if include_usage:
-        total = generation.prompt_tokens + completion_tokens
-        usage = Usage(
-            prompt_tokens=generation.prompt_tokens, completion_tokens=completion_tokens, total_tokens=total
-        )
-        yield chunk([], usage)
+        yield chunk([], generation.usage())
     yield SSE_DONE

@@ -70,7 +70,6 @@ async def _serve(
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     async with generation:
         results = await generation.collect(request)
-    completion_tokens = sum(r.completion_tokens for r in results)
     return Completion(
         id=completion_id,
         created=created,
@@ -84,11 +83,7 @@ async def _serve(
             )
             for i, r in enumerate(results)
         ],
-        usage=Usage(
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=generation.prompt_tokens + completion_tokens,
-        ),
+        usage=generation.usage(),
     )
 
 
@@ -102,12 +97,10 @@ async def _stream(
             Completion(id=completion_id, created=created, model=model_name, choices=choices, usage=usage)
         )
 
-    completion_tokens = 0
     offsets = [0] * len(generation)
     async with generation:
         try:
             async for index, piece in generation.chunks():
-                completion_tokens += len(piece.token_ids)
                 logprobs = None
                 if body.logprobs is not None and piece.logprobs:
                     logprobs = completion_logprobs(piece.logprobs, offsets[index])
@@ -122,9 +115,5 @@ async def _stream(
             yield stream_error(exc)
             return
     if include_usage:
-        total = generation.prompt_tokens + completion_tokens
-        usage = Usage(
-            prompt_tokens=generation.prompt_tokens, completion_tokens=completion_tokens, total_tokens=total
-        )
-        yield chunk([], usage)
+        yield chunk([], generation.usage())
     yield SSE_DONE
