@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.dashboard.history import Counters, RateHistory, Reading
 from gateway.dashboard.quantiles import histogram_quantile
 from tests.conftest import SERVED_PROFILES, RunningServer, model_entry, start_server
-from tests.test_deploy import require_tool
+from tests.deploy_support import require_tool
 
 CHAT = [{"role": "user", "content": "count the blocks " * 16}]
 MASTER_KEY = "sk-dashboard-test-master"

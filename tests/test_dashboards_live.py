@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import RunningServer, free_port, model_entry, start_server
-from tests.test_deploy import (
+from tests.deploy_support import (
     QUERIES,
     ROOT,
     DashboardQuery,
