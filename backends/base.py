@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from backends.stats import BackendStats
 
@@ -23,6 +23,22 @@ class FinishReason(StrEnum):
 class ChatMessage:
     role: str
     content: str
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """Constrained decoding: the output must be one JSON object, matching `schema` when one is given.
+
+    The schema is kept as JSON text so SamplingParams stays immutable and comparable; it is compiled
+    (and checked) by backends.structured.
+    """
+
+    kind: Literal["json_object", "json_schema"]
+    schema: str | None = None  # JSON text of a JSON Schema; required for json_schema, absent otherwise
+
+    def __post_init__(self) -> None:
+        if (self.kind == "json_schema") != (self.schema is not None):
+            raise ValueError("a JSON schema goes with kind 'json_schema', and only with it")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +60,7 @@ class SamplingParams:
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     ignore_eos: bool = False
     min_tokens: int = 0
+    structured: StructuredOutput | None = None  # the grammar ends the output: min_tokens and ignore_eos yield
 
     @property
     def greedy(self) -> bool:

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import sys
 from datetime import UTC, datetime
 
 
-def describe_environment(argv: list[str] | None = None) -> dict[str, str]:
-    import torch
-
+def describe_environment(
+    argv: list[str] | None = None, command: str = "tandem bench throughput", *, with_torch: bool = True
+) -> dict[str, str]:
+    """`command` is the benchmark's own command line before its arguments; `with_torch=False` for
+    benchmarks that never import torch (no torch, Triton or GPU fields, and cores as the OS counts them)."""
     environment = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "tandem bench throughput " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": command + " " + shlex.join(sys.argv[1:] if argv is None else argv),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": _cpu_model(),
-        "cores": str(torch.get_num_threads()),
     }
+    if not with_torch:
+        environment |= {"cpu": _cpu_model(), "cores": str(os.cpu_count())}
+        return environment
+    import torch
+
+    environment |= {"torch": torch.__version__, "cpu": _cpu_model(), "cores": str(torch.get_num_threads())}
     try:
         import triton
 

@@ -116,6 +116,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from bench.throughput import main as throughput
 
         return throughput(args.bench_args)
+    if args.bench_kind == "gateway":
+        from bench.gateway_overhead import main as gateway
+
+        return gateway(args.bench_args)
     print(f"unknown benchmark {args.bench_kind!r}", file=sys.stderr)
     return 2
 
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_commands(commands)  # keys, teams, usage
 
     bench = commands.add_parser("bench", help="benchmarks (tandem bench throughput --help)")
-    bench.add_argument("bench_kind", choices=["throughput"])
+    bench.add_argument("bench_kind", choices=["throughput", "gateway"])
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=cmd_bench)
     return parser

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backends.base import BackendUnavailableError, QueueFullError
+from backends.structured import InvalidStructuredOutputError
 from gateway.openai_protocol import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("tandem.gateway")
@@ -101,6 +102,8 @@ def as_api_error(exc: Exception) -> APIError:
         return exc
     if isinstance(exc, RequestValidationError):
         return _validation_error(exc)
+    if isinstance(exc, InvalidStructuredOutputError):
+        return bad_request(str(exc), param="response_format")
     if isinstance(exc, QueueFullError):
         headers = {"Retry-After": str(exc.retry_after_s)}
         return APIError(503, str(exc), type="server_overloaded", code="queue_full", headers=headers)
@@ -123,6 +126,7 @@ def install_error_handlers(app: FastAPI) -> None:
         RequestValidationError,
         QueueFullError,
         BackendUnavailableError,
+        InvalidStructuredOutputError,
         StarletteHTTPException,
     ):
         app.add_exception_handler(kind, handle)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.base import ChatMessage, GenerationRequest, SamplingParams
+from backends.base import ChatMessage, GenerationRequest, SamplingParams, StructuredOutput
 from backends.chat_template import ChatTemplate, ChatTemplateError
 from gateway.errors import APIError, bad_request
 from gateway.openai_protocol import (
@@ -99,6 +99,7 @@ def _sampling(
     logprobs: int | None,
     seed: int | None,
     fallbacks: SamplingDefaults,
+    structured: StructuredOutput | None,
 ) -> SamplingParams:
     context = model.backend.context_length
     if prompt_tokens >= context or (max_tokens is not None and prompt_tokens + max_tokens > context):
@@ -129,6 +130,7 @@ def _sampling(
         logit_bias=_logit_bias(request),
         ignore_eos=request.ignore_eos,
         min_tokens=min(request.min_tokens, max_tokens),
+        structured=structured,
     )
 
 
@@ -140,6 +142,7 @@ def prepare_tokens(
     logprobs: int | None,
     request_id: str,
     fallbacks: SamplingDefaults = OPENAI_DEFAULTS,
+    structured: StructuredOutput | None = None,
 ) -> PreparedGeneration:
     """The request's n generations over `prompt_ids`, with every sampling parameter resolved."""
     _check_features(request, model, logprobs)
@@ -158,6 +161,7 @@ def prepare_tokens(
                 logprobs,
                 None if seed is None else seed + i,
                 fallbacks,
+                structured,
             ),
         )
         for i in range(request.n)
@@ -182,18 +186,17 @@ def chat_prompt_ids(model: ServedModel, messages: list[ChatMessage]) -> list[int
     return model.backend.tokenize(prompt, add_special_tokens=False)
 
 
-def prepare_chat(request: ChatCompletionRequest, model: ServedModel, request_id: str) -> PreparedGeneration:
+def prepare_chat(
+    request: ChatCompletionRequest,
+    model: ServedModel,
+    request_id: str,
+    structured: StructuredOutput | None = None,
+) -> PreparedGeneration:
     for name in UNSUPPORTED_CHAT_FIELDS:
         if getattr(request, name) is not None:
             raise bad_request(
                 f"'{name}' is not supported by tandem yet.", param=name, code="unsupported_parameter"
             )
-    if request.response_format is not None and request.response_format.type != "text":
-        raise bad_request(
-            "response_format json_object/json_schema is not supported yet.",
-            param="response_format",
-            code="unsupported_parameter",
-        )
     messages = [
         ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
         for m in request.messages
@@ -205,7 +208,7 @@ def prepare_chat(request: ChatCompletionRequest, model: ServedModel, request_id:
     elif request.top_logprobs is not None:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     max_tokens = request.max_completion_tokens or request.max_tokens
-    return prepare_tokens(request, model, prompt_ids, max_tokens, logprobs, request_id)
+    return prepare_tokens(request, model, prompt_ids, max_tokens, logprobs, request_id, structured=structured)
 
 
 def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:

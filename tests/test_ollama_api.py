@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import jsonschema
 import ollama
 import pytest
 
@@ -89,8 +92,33 @@ def test_errors_in_ollama_envelope(client, server):
     malformed = httpx.post(f"{server.base_url}/api/generate", content=b"{oops")
     assert malformed.status_code == 400 and set(malformed.json()) == {"error"}
     fmt = httpx.post(
-        f"{server.base_url}/api/generate", json={"model": "tiny", "prompt": "x", "format": "json"}
+        f"{server.base_url}/api/generate", json={"model": "tiny", "prompt": "x", "format": "yaml"}
     )
     assert fmt.status_code == 400 and "format" in fmt.json()["error"]
     options = {"model": "tiny", "prompt": "x", "options": {"temperature": "hot"}}
     assert httpx.post(f"{server.base_url}/api/generate", json=options).status_code == 400
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "mood": {"enum": ["happy", "sad"]},
+    },
+    "required": ["name", "age", "mood"],
+}
+
+
+def test_format_json_and_schema(client):
+    finished = []
+    for seed in range(8):
+        answer = client.generate(model="tiny", prompt="Describe a cat", format="json",
+                                 options={"num_predict": 300, "seed": seed, "temperature": 1.0})  # fmt: skip
+        if answer.done_reason == "stop":
+            finished.append(json.loads(answer.response))
+    assert finished and all(isinstance(document, dict) for document in finished)
+    strict = client.chat(model="tiny", messages=[{"role": "user", "content": "Who?"}], format=PERSON,
+                         options={"num_predict": 400, "seed": 7})  # fmt: skip
+    assert strict.done_reason == "stop"
+    jsonschema.validate(json.loads(strict.message.content), PERSON)

@@ -29,6 +29,7 @@ from backends.llamacpp.embedder import LlamaEmbedder
 from backends.llamacpp.session import LlamaSession
 from backends.stats import BackendStats
 from backends.streams import ChunkSink, RequestStream
+from backends.structured import validate as validate_structured
 
 logger = logging.getLogger("tandem.llamacpp")
 
@@ -121,6 +122,8 @@ class LlamaCppBackend:
         return self._template.render(messages)
 
     def generate(self, request: GenerationRequest) -> RequestStream:
+        if request.sampling.structured is not None:
+            validate_structured(request.sampling.structured)  # an invalid schema is refused at admission
         if self._closed:
             raise BackendUnavailableError(f"model {self._model_name!r} is shutting down")
         with self._lock:

@@ -18,7 +18,7 @@ from backends.base import SamplingParams
 @dataclass(frozen=True, slots=True)
 class SampledToken:
     token_id: int
-    logprob: float | None = None  # of the chosen token, from the model's raw distribution
+    logprob: float | None = None  # of the chosen token, from the model's raw (grammar-masked) distribution
     top: tuple[tuple[int, float], ...] = ()  # (token_id, logprob), best first
 
 
@@ -47,12 +47,20 @@ class SequenceSampler:
         self._bias_ids = np.fromiter((t for t in params.logit_bias if 0 <= t < vocab_size), dtype=np.int64)
         self._bias_values = np.array([params.logit_bias[t] for t in self._bias_ids], dtype=np.float32)
 
-    def sample(self, raw_logits: np.ndarray) -> SampledToken:
+    def sample(self, raw_logits: np.ndarray, allowed: np.ndarray | None = None) -> SampledToken:
+        """allowed: a grammar's mask of the tokens that may come next (structured output), or None.
+
+        The mask applies before everything else, logprobs included (as in vLLM: a token the grammar
+        forbids has logprob -inf). The grammar also decides when the output may end, so min_tokens
+        does not hold end-of-sequence back on a constrained sequence.
+        """
         p = self.params
+        if allowed is not None:
+            raw_logits = np.where(allowed, raw_logits, np.float32(-np.inf))
         logits = raw_logits.astype(np.float32, copy=True)
         if self._bias_ids.size:
             logits[self._bias_ids] += self._bias_values
-        if self._num_generated < p.min_tokens and self._eos_mask_ids.size:
+        if self._num_generated < p.min_tokens and self._eos_mask_ids.size and p.structured is None:
             logits[self._eos_mask_ids] = -np.inf
         self._apply_penalties(logits)
 
@@ -68,7 +76,8 @@ class SequenceSampler:
             if p.logprobs > 0:
                 best = np.argpartition(-logprobs, p.logprobs - 1)[: p.logprobs]
                 best = best[np.argsort(-logprobs[best], kind="stable")]
-                top = tuple((int(t), float(logprobs[t])) for t in best)
+                # tokens a grammar forbids (-inf) are not candidates: fewer than k may come back
+                top = tuple((int(t), float(logprobs[t])) for t in best if np.isfinite(logprobs[t]))
             result = SampledToken(token, float(logprobs[token]), top)
         self._record(token)
         return result

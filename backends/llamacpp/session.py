@@ -8,9 +8,10 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from backends.base import FinishReason, GenerationChunk, GenerationRequest, TokenLogprob
+from backends.base import FinishReason, GenerationChunk, GenerationRequest, StructuredOutput, TokenLogprob
 from backends.llamacpp.sampler import SampledToken, SequenceSampler
 from backends.streams import ChunkSink
+from backends.structured import GrammarMatcher, InvalidStructuredOutputError, StructuredCompiler, Vocabulary
 from backends.text_stream import TextAssembler
 
 
@@ -26,6 +27,7 @@ class LlamaSession:
         )
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._piece_cache: dict[int, bytes] = {}
+        self._grammars: StructuredCompiler | None = None  # built on the first structured request
 
     @classmethod
     def open(cls, path: Path, *, context_length: int | None, threads: int) -> LlamaSession:
@@ -105,21 +107,41 @@ class LlamaSession:
             top=tuple((t, self._token_text(t), lp) for t, lp in sampled.top),
         )
 
+    def _matcher(self, spec: StructuredOutput) -> GrammarMatcher:
+        """A matcher for `spec` over this model's vocabulary; raises InvalidStructuredOutputError."""
+        if self._grammars is None:
+            token_bytes = [self._token_bytes(t) for t in range(self._n_vocab)]  # control tokens: b""
+            vocab = Vocabulary(token_bytes, tuple(sorted(self._eos_ids)))
+            self._grammars = StructuredCompiler(vocab, max_threads=self.threads)
+        return self._grammars.matcher(spec)
+
     def run(self, request: GenerationRequest, sink: ChunkSink) -> int:
         """Generate until finished or cancelled; returns the number of tokens generated."""
         params = request.sampling
+        grammar = None
+        if params.structured is not None:
+            try:
+                grammar = self._matcher(params.structured)
+            except InvalidStructuredOutputError as exc:  # the request's fault: the stream raises it
+                sink.put(exc)
+                return 0
         sampler = SequenceSampler(params, request.prompt_token_ids, self._n_vocab, self._eos_ids)
         stop_ids = self._eos_ids | set(params.stop_token_ids)
         assembler = TextAssembler(params.stop)
         self._eval_prompt(request.prompt_token_ids)
         generated = 0
         while not sink.cancelled:
-            sampled = sampler.sample(self._logits())
+            sampled = sampler.sample(self._logits(), grammar.allowed_mask() if grammar else None)
             token = sampled.token_id
             generated += 1
             logprobs = [self._logprob(sampled)] if params.logprobs is not None else None
             finish: FinishReason | None = None
-            if token in stop_ids and not (params.ignore_eos and token in self._eos_ids):
+            if grammar is not None and not grammar.accept(token):
+                raise RuntimeError(f"token {token} sampled against the grammar's mask")
+            # A terminated grammar has just accepted end-of-sequence: the document is complete, and
+            # nothing may follow it, ignore_eos or not.
+            ends = grammar is not None and grammar.is_terminated
+            if ends or (token in stop_ids and not (params.ignore_eos and token in self._eos_ids)):
                 text, finish = assembler.finish(), FinishReason.STOP
             else:
                 text = assembler.push(self._token_bytes(token))

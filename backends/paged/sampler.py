@@ -1,14 +1,19 @@
 """Batched sampling on device: one row per sampling sequence, no Python loop over the vocabulary.
 
-Order, per row: min_tokens (end-of-sequence ids masked) -> logit_bias -> repetition / frequency /
-presence penalties (vLLM's definitions) -> [logprobs are taken here] -> greedy argmax, or temperature,
-min_p, top_k, top_p and an exponential race (argmax of p / E, E ~ Exp(1), which draws from p). Seeded
-rows draw E from their own torch.Generator, so their tokens do not depend on the rest of the batch;
-unseeded rows share one batched draw.
+Order, per row: grammar mask (structured output) -> min_tokens (end-of-sequence ids masked) ->
+logit_bias -> repetition / frequency / presence penalties (vLLM's definitions) -> [logprobs are taken
+here] -> greedy argmax, or temperature, min_p, top_k, top_p and an exponential race (argmax of p / E,
+E ~ Exp(1), which draws from p). Seeded rows draw E from their own torch.Generator, so their tokens do not
+depend on the rest of the batch; unseeded rows share one batched draw.
 
-Logprobs are the log_softmax of the logits after min_tokens, logit_bias and penalties, before
-temperature and truncation (vLLM returns those of the raw logits by default; without penalties or bias
-the two agree).
+Structured output: the rows of constrained sequences get their grammar's bitmask (tokens
+that cannot continue the document -> -inf), filled on the host by each sequence's matcher and applied in
+one kernel call; a batch without a constrained sequence skips it. The grammar decides when such a row may
+end, so min_tokens does not mask end-of-sequence there.
+
+Logprobs are the log_softmax of the logits after the grammar mask, min_tokens, logit_bias and
+penalties, before temperature and truncation (vLLM returns those of the raw logits by default; without
+penalties or bias the two agree).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from backends import structured
 from backends.paged.sequence import Sequence
 
 
@@ -26,6 +32,7 @@ from backends.paged.sequence import Sequence
 class SamplingBatch:
     """Per-row sampling parameters as device tensors, plus flags that skip unused stages."""
 
+    grammar: tuple[torch.Tensor, torch.Tensor] | None  # int32 bitmask [B, ceil(V / 32)]; its rows [R]
     temperature: torch.Tensor  # [B] float32, 1.0 on greedy rows
     greedy: torch.Tensor  # [B] bool
     all_greedy: bool
@@ -90,10 +97,17 @@ class SamplingBatch:
                 tensor(bias_values, torch.float32),
             )
 
+        grammar = None
+        constrained = [(row, s.grammar) for row, s in enumerate(seqs) if s.grammar is not None]
+        if constrained:
+            rows = [row for row, _ in constrained]
+            bitmask = structured.batch_bitmask([m for _, m in constrained], rows, len(seqs))
+            grammar = (to_device(bitmask), tensor(rows, torch.int32))
+
         banned = None
         ban_rows, ban_ids = [], []
         for row, s in enumerate(seqs):
-            if s.num_output_tokens < s.params.min_tokens:
+            if s.num_output_tokens < s.params.min_tokens and s.params.structured is None:
                 for token_id in {*eos_ids, *s.params.stop_token_ids}:
                     if 0 <= token_id < vocab_size:
                         ban_rows.append(row)
@@ -103,6 +117,7 @@ class SamplingBatch:
 
         wanted = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
+            grammar=grammar,
             temperature=tensor(temps, torch.float32),
             greedy=tensor(greedy, torch.bool),
             all_greedy=all(greedy),
@@ -142,6 +157,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         """logits [B, V] float32 (modified in place)."""
         vocab = logits.shape[1]
+        if batch.grammar is not None:
+            structured.apply_bitmask(logits, *batch.grammar)
         if batch.banned is not None:
             logits[batch.banned] = float("-inf")
         if batch.bias is not None:

@@ -11,6 +11,8 @@ from backends.base import FinishReason, SamplingParams
 if TYPE_CHECKING:
     import torch
 
+    from backends.structured import GrammarMatcher
+
 
 class SequenceStatus(Enum):
     WAITING = auto()  # queued, never scheduled
@@ -37,6 +39,9 @@ class Sequence:
     params: SamplingParams
     arrival: int  # monotonic admission order: FCFS, and preemption picks the latest
     generator: torch.Generator | None = None  # only for seeded requests
+    # Only for structured output. It has accepted every output token so far and survives preemption:
+    # recompute replays tokens through the model, never through the grammar.
+    grammar: GrammarMatcher | None = None
     num_prompt_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)

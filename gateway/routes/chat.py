@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from gateway.registry import ManagedModel
 from gateway.remote_serving import remote_chat
 from gateway.routing import RemoteModel
 from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, open_generation, sse, stream_error
+from gateway.structured_output import openai_structured
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -65,7 +67,8 @@ async def _serve(
 ) -> ChatCompletion | StreamingResponse:
     request, request_id = call.request, call.request_id
     name = request.state.tandem_model
-    generation = await open_generation(call, model, lambda m: prepare_chat(body, m, request_id))
+    structured = await asyncio.to_thread(openai_structured, body.response_format)
+    generation = await open_generation(call, model, lambda m: prepare_chat(body, m, request_id, structured))
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = _stream(generation, body, name, completion_id, created)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from backends.base import ChatMessage
+from backends.base import ChatMessage, StructuredOutput
 from gateway.deps import CallDep, ModelsDep
 from gateway.dispatch import dispatch
 from gateway.durations import parse_keep_alive
@@ -31,6 +32,7 @@ from gateway.openai_protocol import _SamplingFields
 from gateway.registry import DEFAULT_KEEP_ALIVE, ManagedModel, ServedModel
 from gateway.routes.ollama_models import resolve_ollama_model
 from gateway.streaming import Generation, open_generation
+from gateway.structured_output import ollama_structured
 
 logger = logging.getLogger("tandem.gateway")
 router = APIRouter(prefix="/api", tags=["ollama"])
@@ -53,14 +55,16 @@ def _sampling_fields(model: str, options: OllamaOptions | None) -> _SamplingFiel
 
 
 def _check_common(body: ChatRequest | GenerateRequest) -> None:
-    if body.format is not None:
-        raise bad_request("format (structured output) is not supported by tandem yet")
     if getattr(body, "tools", None):
         raise bad_request("tools are not supported by tandem yet")
 
 
 def _prepare(
-    body: ChatRequest | GenerateRequest, model: ServedModel, prompt_ids: list[int], request_id: str
+    body: ChatRequest | GenerateRequest,
+    model: ServedModel,
+    prompt_ids: list[int],
+    request_id: str,
+    structured: StructuredOutput | None,
 ) -> PreparedGeneration:
     options = body.options or OllamaOptions()
     context = min(options.num_ctx or model.backend.context_length, model.backend.context_length)
@@ -75,7 +79,9 @@ def _prepare(
     elif options.num_ctx is not None:
         max_tokens = min(model.spec.parameters.max_tokens or room, room)
     fields = _sampling_fields(model.spec.name, body.options)
-    return prepare_tokens(fields, model, prompt_ids, max_tokens, None, request_id, OLLAMA_DEFAULTS)
+    return prepare_tokens(
+        fields, model, prompt_ids, max_tokens, None, request_id, OLLAMA_DEFAULTS, structured
+    )
 
 
 def _timings(generation: Generation, eval_count: int) -> dict:
@@ -151,6 +157,7 @@ async def chat(body: ChatRequest, request: Request, call: CallDep):
     if any(m.images for m in body.messages):
         raise bad_request(f"model '{body.model}' does not support images")
     keep_alive = _keep_alive(body)
+    structured = await asyncio.to_thread(ollama_structured, body.format)
     if not body.messages:
         model = resolve_ollama_model(call.models, body.model, request)
         reason = await _load_only(call.models, model, keep_alive)
@@ -160,7 +167,7 @@ async def chat(body: ChatRequest, request: Request, call: CallDep):
     request_id = request.state.request_id
 
     def prepare(served: ServedModel) -> PreparedGeneration:
-        return _prepare(body, served, chat_prompt_ids(served, messages), request_id)
+        return _prepare(body, served, chat_prompt_ids(served, messages), request_id, structured)
 
     def piece(text: str, done: bool, reason: str | None) -> ChatResponse:
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=text),
@@ -196,6 +203,7 @@ async def generate(body: GenerateRequest, request: Request, call: CallDep):
     if body.suffix:
         raise bad_request(f"model '{body.model}' does not support insert (suffix)")
     keep_alive = _keep_alive(body)
+    structured = await asyncio.to_thread(ollama_structured, body.format)
     if not body.prompt and not body.context:
         model = resolve_ollama_model(call.models, body.model, request)
         reason = await _load_only(call.models, model, keep_alive)
@@ -205,7 +213,7 @@ async def generate(body: GenerateRequest, request: Request, call: CallDep):
 
     def prepare(served: ServedModel) -> PreparedGeneration:
         prompt_ids[:] = _generate_prompt(body, served)  # each deployment tried tokenizes anew
-        return _prepare(body, served, prompt_ids, request_id)
+        return _prepare(body, served, prompt_ids, request_id, structured)
 
     def piece(text: str, done: bool, reason: str | None) -> GenerateResponse:
         return GenerateResponse(model=body.model, created_at=timestamp(), response=text, done=done,
