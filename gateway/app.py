@@ -40,6 +40,7 @@ def create_app(
             yield
         finally:
             await models.aclose()
+            await router.aclose()
             await access.aclose()
 
     app = FastAPI(title="tandem", version=__version__, lifespan=lifespan)

@@ -61,6 +61,21 @@ class RemoteSpec(_Strict):
     model: str | None = Field(None, description="the upstream's model name; default: the name requested")
     api_key_env: str | None = Field(None, description="environment variable holding the upstream's API key")
     provider: str = Field("openai", description="litellm provider prefix (openai = any OpenAI-compatible)")
+    client: Literal["direct", "litellm"] | None = Field(
+        None,
+        description="direct: pass OpenAI requests through as they are (default for provider openai); "
+        "litellm: translate through litellm (needed for every other provider)",
+    )
+
+    @model_validator(mode="after")
+    def _client_fits_provider(self) -> RemoteSpec:
+        if self.client == "direct" and self.provider != "openai":
+            raise ValueError(f"provider {self.provider!r} needs client: litellm (only openai passes through)")
+        return self
+
+    @property
+    def via_litellm(self) -> bool:
+        return self.client == "litellm" or (self.client is None and self.provider != "openai")
 
 
 class DeploymentSpec(_Strict):

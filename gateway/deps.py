@@ -1,4 +1,7 @@
-"""Typed dependencies: what routes get injected, built once in the app's lifespan."""
+"""Typed dependencies: what routes get injected, built once in the app's lifespan.
+
+All are `async def`: FastAPI runs plain functions in its thread pool, a hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +20,19 @@ from gateway.routing import Router
 from gateway.settings import Settings
 
 
-def get_models(request: Request) -> ModelManager:
+async def get_models(request: Request) -> ModelManager:
     return request.app.state.models
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
@@ -71,7 +74,7 @@ class CallContext:
         return self.request.state.request_id
 
 
-def get_call(
+async def get_call(
     request: Request,
     models: ModelsDep,
     principal: PrincipalDep,

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from backends.remote.direct import DirectUpstream
 from backends.remote.upstream import RemoteUpstream, UpstreamConfig
 from gateway.config import ModelSpec, Profile
 from gateway.registry import ManagedModel, ModelManager
@@ -23,16 +24,20 @@ class RemoteModel:
 
     spec: ModelSpec
     in_flight: int = 0
-    _upstream: RemoteUpstream | None = None
+    _upstream: RemoteUpstream | DirectUpstream | None = None
 
-    def upstream(self) -> RemoteUpstream:
+    def upstream(self) -> RemoteUpstream | DirectUpstream:
         if self._upstream is None:
             remote = self.spec.remote
             assert remote is not None
             key = os.environ.get(remote.api_key_env) if remote.api_key_env else None
             config = UpstreamConfig(remote.api_base, remote.model, key, remote.provider, self.spec.timeout_s)
-            self._upstream = RemoteUpstream(config)
+            self._upstream = RemoteUpstream(config) if remote.via_litellm else DirectUpstream(config)
         return self._upstream
+
+    async def aclose(self) -> None:
+        if self._upstream is not None:
+            await self._upstream.aclose()
 
 
 @dataclass(eq=False)
@@ -161,3 +166,7 @@ class Router:
 
     def failed(self, deployment: Deployment, cooldown_s: float) -> None:
         deployment.cooldown_until = time.monotonic() + cooldown_s
+
+    async def aclose(self) -> None:
+        for remote in self._remotes.values():
+            await remote.aclose()

@@ -44,6 +44,8 @@ def gateway(upstream, mortal, tiny_llama, tmp_path_factory):
         {**local, "name": "tiny2", "aliases": [], "preload": True},
         {**local, "name": "short", "aliases": [], "context_length": 64, "fallbacks": ["tiny"]},
         {"name": "up", "backend": "remote", "remote": {"api_base": upstream.v1, "model": "tiny"}},
+        {"name": "up-litellm", "backend": "remote",
+         "remote": {"api_base": upstream.v1, "model": "tiny", "client": "litellm"}},
         {"name": "upstream-*", "backend": "remote", "remote": {"api_base": upstream.v1}},
         {"name": "dead", "backend": "remote", "remote": {"api_base": "http://127.0.0.1:9/v1"},
          "fallbacks": ["tiny"], "cooldown_s": 60, "timeout_s": 10},
@@ -71,9 +73,10 @@ def _metrics(server) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
 
 
-def test_remote_upstream_passes_answers_through(gateway, upstream):
-    headers, routed = _chat(gateway, "up")
-    assert headers["x-tandem-backend"] == "remote" and headers["x-tandem-deployment"] == "up"
+@pytest.mark.parametrize("name", ["up", "up-litellm"])  # direct pass-through, and through litellm
+def test_remote_upstream_passes_answers_through(gateway, upstream, name):
+    headers, routed = _chat(gateway, name)
+    assert headers["x-tandem-backend"] == "remote" and headers["x-tandem-deployment"] == name
     direct = upstream.openai().chat.completions.create(
         model="tiny", messages=CHAT, max_tokens=8, temperature=0
     )
@@ -81,7 +84,7 @@ def test_remote_upstream_passes_answers_through(gateway, upstream):
     assert routed.usage.completion_tokens == direct.usage.completion_tokens
 
     stream = gateway.openai().chat.completions.create(
-        model="up", messages=CHAT, max_tokens=8, temperature=0, stream=True
+        model=name, messages=CHAT, max_tokens=8, temperature=0, stream=True
     )
     chunks = list(stream)
     assert (
@@ -91,13 +94,13 @@ def test_remote_upstream_passes_answers_through(gateway, upstream):
     assert all(c.usage is None for c in chunks)  # the client did not ask for usage: none passed through
     options = {"include_usage": True}
     with_usage = list(gateway.openai().chat.completions.create(
-        model="up", messages=CHAT, max_tokens=8, stream=True, stream_options=options))  # fmt: skip
+        model=name, messages=CHAT, max_tokens=8, stream=True, stream_options=options))  # fmt: skip
     assert with_usage[-1].usage.completion_tokens == 8
 
-    text = gateway.openai().completions.create(model="up", prompt="Once", max_tokens=5, temperature=0)
+    text = gateway.openai().completions.create(model=name, prompt="Once", max_tokens=5, temperature=0)
     assert text.choices[0].text == upstream.openai().completions.create(
         model="tiny", prompt="Once", max_tokens=5, temperature=0).choices[0].text  # fmt: skip
-    vectors = gateway.openai().embeddings.create(model="up", input=["a", "b"])
+    vectors = gateway.openai().embeddings.create(model=name, input=["a", "b"])
     assert len(vectors.data) == 2
 
 

@@ -136,6 +136,9 @@ class RemoteUpstream:
             raise _error(exc) from exc
         return _clean(response.model_dump(exclude_none=True))
 
+    async def aclose(self) -> None:
+        """litellm keeps its own client cache; nothing of ours to close."""
+
     async def embedding(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         try:
             response = await self._litellm.aembedding(**self._arguments(requested_model, payload))
