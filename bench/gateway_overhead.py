@@ -23,29 +23,29 @@ import importlib.metadata
 import json
 import logging
 import os
-import secrets
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-import yaml
 
 from bench.environment import describe_environment
-from bench.load import LoadResult, Target, closed_loop, open_loop, open_session
+from bench.gateway_report import TargetResult, added_latency, goals, print_report
+from bench.gateway_servers import (
+    DEFAULT_LITELLM_VENV,
+    MODEL,
+    Proxy,
+    Server,
+    start_litellm,
+    start_stub,
+    start_tandem,
+)
+from bench.load import Target, closed_loop, open_loop, open_session
 
-REPO = Path(__file__).resolve().parents[1]
-LITELLM_VERSION = "1.106.2"
-DEFAULT_LITELLM_VENV = REPO / ".cache" / "bench-litellm"
-MODEL = "stub"
 PROMPT = "Say hello in five words."
-START_TIMEOUT_S = 240.0
 
 
 # ---- arguments ---------------------------------------------------------------------------------------------
@@ -78,246 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ---- processes ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    base_url: str
-    process: subprocess.Popen
-    log_path: Path
-    command: list[str]
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def cpu_seconds(self) -> float | None:
-        return process_tree_cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def process_tree_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process and its descendants (Linux /proc; None elsewhere)."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total, stack, seen = 0.0, [pid], set()
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
-            if current == pid:
-                return None
-    return total
-
-
-def start_server(
-    name: str, command: list[str], env: dict[str, str], workdir: Path, port: int, cpus: set[int] | None
-) -> Server:
-    log_path = workdir / f"{name}.log"
-
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=pin
-        )
-    return Server(name, f"http://127.0.0.1:{port}", process, log_path, command)
-
-
-def wait_ready(server: Server, path: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.base_url + path, timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"{server.name} did not become ready in {timeout_s:.0f} s:\n{server.log_tail()}")
-
-
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "LITELLM_", "DATABASE_URL"))}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # offline: no price list fetched at import
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def start_stub(workdir: Path, cpus: set[int] | None) -> Server:
-    port = free_port()
-    command = [sys.executable, "-m", "bench.stub_upstream", "--port", str(port)]
-    server = start_server("stub", command, base_env(), workdir, port, cpus)
-    wait_ready(server, "/health", 30)
-    return server
-
-
-@dataclass
-class Proxy:
-    server: Server
-    api_key: str  # what the load generator sends
-    describe: dict[str, Any]  # command, configuration and version, for the report
-
-
-def start_tandem(workdir: Path, upstream: str, log_level: str, cpus: set[int] | None) -> Proxy:
-    master = "sk-tandem-bench-" + secrets.token_hex(8)
-    config = {
-        "profile": "bench",
-        "profiles": {
-            "bench": {
-                "models": [
-                    {"name": MODEL, "backend": "remote", "remote": {"api_base": upstream, "model": MODEL}}
-                ]
-            }
-        },
-    }
-    config_path = workdir / "tandem.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config_path),
-        "--port",
-        str(port),
-    ]
-    env = base_env() | {
-        "TANDEM_MASTER_KEY": master,
-        "TANDEM_HOME": str(workdir / "tandem-home"),
-        "TANDEM_LOG_LEVEL": log_level,
-    }
-    server = start_server("tandem", command, env, workdir, port, cpus)
-    wait_ready(server, "/health")
-    limits = {"rpm": 100_000_000, "tpm": 10**12, "max_parallel": 100_000}
-    response = httpx.post(
-        f"{server.base_url}/admin/keys",
-        json={"name": "bench", **limits},
-        headers={"Authorization": f"Bearer {master}"},
-        timeout=10,
-    )
-    if response.status_code != 201:
-        server.stop()
-        raise RuntimeError(f"creating tandem's API key failed: {response.status_code} {response.text}")
-    describe = {
-        "command": "tandem serve --config tandem.yaml --port N",
-        "config": config,
-        "env": {"TANDEM_MASTER_KEY": "(set)", "TANDEM_LOG_LEVEL": log_level},
-        "api_key_limits": limits,
-        "server": "one process, uvicorn on asyncio's default loop (no uvloop / httptools installed)",
-    }
-    return Proxy(server, response.json()["key"], describe)
-
-
-def ensure_litellm_venv(venv: Path, out: TextIO | None = None) -> Path:
-    """LiteLLM's proxy (with its `proxy` extras) in its own virtualenv; created on first use."""
-    out = out or sys.stderr
-    python = venv / "bin" / "python"
-    if _venv_litellm_version(venv) != LITELLM_VERSION:
-        out.write(f"installing litellm[proxy]=={LITELLM_VERSION} into {venv} (first use; a few minutes)\n")
-        out.flush()
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True
-        )
-    return venv / "bin" / "litellm"
-
-
-def _venv_litellm_version(venv: Path) -> str | None:
-    python = venv / "bin" / "python"
-    if not python.exists() or not (venv / "bin" / "litellm").exists():
-        return None
-    probe = "import importlib.metadata as m; print(m.version('litellm'))"
-    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def _venv_package_versions(venv: Path, names: list[str]) -> dict[str, str]:
-    probe = (
-        "import importlib.metadata as m, json, sys\n"
-        "out = {}\n"
-        "for n in sys.argv[1:]:\n"
-        "    try: out[n] = m.version(n)\n"
-        "    except m.PackageNotFoundError: out[n] = 'not installed'\n"
-        "print(json.dumps(out))"
-    )
-    result = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", probe, *names], capture_output=True, text=True
-    )
-    return json.loads(result.stdout) if result.returncode == 0 else {}
-
-
-def start_litellm(workdir: Path, venv: Path, upstream: str, log_level: str, cpus: set[int] | None) -> Proxy:
-    binary = ensure_litellm_venv(venv)
-    master = "sk-litellm-bench-" + secrets.token_hex(8)
-    config = {
-        "model_list": [
-            {
-                "model_name": MODEL,
-                "litellm_params": {"model": f"openai/{MODEL}", "api_base": upstream, "api_key": "unused"},
-            }
-        ],
-        "general_settings": {"master_key": master},
-    }
-    config_path = workdir / "litellm.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    command = [str(binary), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--num_workers", "1"]
-    env = base_env() | {"LITELLM_LOG": log_level.upper()}
-    server = start_server("litellm", command, env, workdir, port, cpus)
-    wait_ready(server, "/health/liveliness")
-    versions = _venv_package_versions(venv, ["litellm", "uvicorn", "uvloop", "httptools", "fastapi"])
-    shown = {**config, "general_settings": {"master_key": "(set)"}}
-    describe = {
-        "command": "litellm --config litellm.yaml --host 127.0.0.1 --port N --num_workers 1",
-        "config": shown,
-        "env": {"LITELLM_LOG": log_level.upper(), "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-        "versions": versions,
-        "server": "one process (num_workers 1), no database (no DATABASE_URL), no callbacks, master key on; "
-        "uvicorn on uvloop, as litellm's CLI picks when uvloop is installed",
-    }
-    return Proxy(server, master, describe)
-
-
 # ---- measuring ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TargetResult:
-    name: str
-    closed: LoadResult
-    open: list[LoadResult] = field(default_factory=list)
-    server_cpu_ms_per_request: float | None = None  # closed loop: the proxy's CPU time per answered request
-    server_cpu_share_open: list[float | None] = field(default_factory=list)  # cores used at each rate
-    load_average: list[float] = field(default_factory=list)  # after this target's phases
 
 
 def request_body(args: argparse.Namespace) -> bytes:
@@ -407,99 +168,6 @@ def placement(no_pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
             f"{available[1]} (sched_setaffinity, as taskset -c does)"
         ),
     )
-
-
-# ---- the report --------------------------------------------------------------------------------------------
-
-
-def added_latency(results: dict[str, TargetResult], rates: list[float]) -> dict[str, dict[str, dict]]:
-    """Per proxy and rate: its p50 / p99 minus the stub's own at the same rate."""
-    direct = results["direct"]
-    added: dict[str, dict[str, dict]] = {}
-    for name, result in results.items():
-        if name == "direct":
-            continue
-        added[name] = {}
-        for rate, through, alone in zip(rates, result.open, direct.open, strict=True):
-            added[name][_rate_key(rate)] = {
-                q: through.latency_ms[q] - alone.latency_ms[q]
-                if q in through.latency_ms and q in alone.latency_ms
-                else None  # no answer at all on one side
-                for q in ("p50", "p99")
-            }
-    return added
-
-
-def _rate_key(rate: float) -> str:
-    return f"{rate:g}"
-
-
-def goals(results: dict[str, TargetResult], added: dict, goal_rate: float) -> dict[str, Any]:
-    verdict: dict[str, Any] = {"rps_ratio_goal": 3.0, "added_p99_goal_ms": 5.0, "at_rps": goal_rate}
-    tandem, litellm = results.get("tandem"), results.get("litellm")
-    if tandem and litellm and litellm.closed.achieved_rps:
-        ratio = tandem.closed.achieved_rps / litellm.closed.achieved_rps
-        verdict |= {"rps_ratio_vs_litellm": ratio, "rps_goal_met": ratio >= 3.0}
-        if tandem.server_cpu_ms_per_request and litellm.server_cpu_ms_per_request:
-            # steadier than req/s on a shared machine: CPU time is not taken by other processes' load
-            verdict["litellm_cpu_per_request_over_tandem"] = (
-                litellm.server_cpu_ms_per_request / tandem.server_cpu_ms_per_request
-            )
-    at = added.get("tandem", {}).get(_rate_key(goal_rate))
-    if at is not None and at["p99"] is not None and tandem is not None:
-        opened = tandem.open[[_rate_key(r.offered_rps or 0) for r in tandem.open].index(_rate_key(goal_rate))]
-        kept_up = opened.errors == 0 and opened.achieved_rps >= 0.95 * goal_rate
-        verdict |= {
-            "tandem_added_p99_ms": at["p99"],
-            "tandem_kept_up": kept_up,
-            "latency_goal_met": kept_up and at["p99"] <= 5.0,
-        }
-    return verdict
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.2f}"
-
-
-def print_report(
-    results: dict[str, TargetResult], added: dict, verdict: dict, args: argparse.Namespace, out: TextIO
-) -> None:
-    w = out.write
-    kind = "streaming" if args.stream else "non-streaming"
-    w(f"\n{kind} chat requests, closed loop: {args.concurrency} in flight for {args.duration:g} s\n")
-    w(f"{'':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'CPU ms/req':>12}\n")
-    for name, r in results.items():
-        c = r.closed
-        w(
-            f"{name:<10}{c.achieved_rps:>10.0f}{_ms(c.latency_ms.get('p50')):>10}"
-            f"{_ms(c.latency_ms.get('p99')):>10}{c.errors:>8}{_ms(r.server_cpu_ms_per_request):>12}\n"
-        )
-    w(f"\nopen loop: each rate offered for {args.open_duration:g} s; added = through the proxy − direct\n")
-    w(
-        f"{'':<10}{'offered':>9}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
-        f"{'errors':>8}{'cores':>7}\n"
-    )
-    for name, r in results.items():
-        for opened, share in zip(r.open, r.server_cpu_share_open, strict=True):
-            rate = _rate_key(opened.offered_rps or 0)
-            extra = added.get(name, {}).get(rate, {})
-            w(
-                f"{name:<10}{rate:>9}{opened.achieved_rps:>10.0f}{_ms(opened.latency_ms.get('p50')):>9}"
-                f"{_ms(opened.latency_ms.get('p99')):>9}{_ms(extra.get('p50')):>9}{_ms(extra.get('p99')):>9}"
-                f"{opened.errors:>8}{_ms(share):>7}\n"
-            )
-    w("\n")
-    if "rps_ratio_vs_litellm" in verdict:
-        met = "met" if verdict["rps_goal_met"] else "MISSED"
-        w(f"goal req/s >= 3x LiteLLM's: {verdict['rps_ratio_vs_litellm']:.2f}x ({met})\n")
-        if "litellm_cpu_per_request_over_tandem" in verdict:
-            ratio = verdict["litellm_cpu_per_request_over_tandem"]
-            w(f"CPU time per request, LiteLLM's / tandem's: {ratio:.2f}x\n")
-    if "tandem_added_p99_ms" in verdict:
-        met = "met" if verdict["latency_goal_met"] else "MISSED"
-        kept = "" if verdict["tandem_kept_up"] else ", tandem did not keep up with the offered rate"
-        w(f"goal added p99 <= 5 ms at {verdict['at_rps']:g} RPS: {verdict['tandem_added_p99_ms']:.2f} ms "
-          f"({met}{kept})\n")  # fmt: skip
 
 
 def _version(name: str) -> str:
