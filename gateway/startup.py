@@ -18,10 +18,10 @@ logger = logging.getLogger("tandem.gateway")
 AVAILABLE_BACKENDS = ("llamacpp", "paged")
 
 DEMO_HINT = (
-    "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, "
-    "point a model entry's `path` at a GGUF file in config/tandem.yaml "
-    "(or in a file given by --config / TANDEM_CONFIG)."
+    "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, point a "
+    "model entry's `path` at {what} in config/tandem.yaml (or in a file given by --config / TANDEM_CONFIG)."
 )
+REAL_MODEL = {"llamacpp": "a GGUF file", "paged": "a Hugging Face checkpoint directory"}
 
 
 def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
@@ -44,7 +44,8 @@ def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
             source, [(f"{key}.path", f"cannot load {path}: not a readable model ({exc})")]
         ) from None
     if spec.demo:
-        logger.info("model %r: demo model at %s. %s", spec.name, path, DEMO_HINT)
+        hint = DEMO_HINT.format(what=REAL_MODEL.get(spec.backend or "", "a model"))
+        logger.info("model %r: demo model at %s. %s", spec.name, path, hint)
     return path
 
 
