@@ -218,7 +218,11 @@ def test_block_accounting_property(ops, num_blocks, block_size, budget, max_seqs
 
 def test_preemption_picks_latest_arrival_and_requeues_it_first():
     sched = _scheduler(4, 2, max_num_batched_tokens=64)
-    seqs = [Sequence(f"s{i}", [1, 2, 3], SamplingParams(max_tokens=50), arrival=i) for i in range(2)]
+    # different prompts: identical ones would share a block (and the second would wait a step for it)
+    seqs = [
+        Sequence(f"s{i}", [1 + 3 * i, 2 + 3 * i, 3], SamplingParams(max_tokens=50), arrival=i)
+        for i in range(2)
+    ]
     for seq in seqs:
         sched.add(seq)
     rng = random.Random(0)

@@ -120,6 +120,20 @@ def test_preemption_without_prefix_cache(reference):
     assert engine.stats.num_preemptions > 0
 
 
+def test_identical_prompts_arriving_together_share_their_blocks(tiny_llama):
+    """n > 1 choices (and identical prompts sent at once) compute the shared prompt once."""
+    rng = random.Random(5)
+    prompt = [rng.randrange(1000) for _ in range(66)]  # four full blocks of 16, and two more tokens
+    alone = _engine(tiny_llama.hf_dir, block_size=16).generate([GenerationRequest("x", prompt, _greedy(6))])[
+        "x"
+    ]
+    engine = _engine(tiny_llama.hf_dir, block_size=16)
+    outputs = engine.generate([GenerationRequest(f"n{i}", prompt, _greedy(6)) for i in range(4)])
+    assert all(tokens == alone for tokens in outputs.values())
+    assert engine.stats.prefix_cache_hits == 3 * 64  # the three others found the first one's blocks
+    assert engine.stats.num_prompt_tokens_computed == 66 + 3 * 2
+
+
 def test_prefix_cache_computes_only_new_tokens(tiny_llama):
     engine = _engine(tiny_llama.hf_dir, block_size=16)
     rng = random.Random(3)

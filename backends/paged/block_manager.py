@@ -101,6 +101,13 @@ class BlockManager:
             parent = h
         return PrefixMatch(tuple(found), reclaimed)
 
+    def first_uncached_hash(self, seq: Sequence, match: PrefixMatch) -> bytes | None:
+        """The hash of the first full block `seq` would compute itself (None: no such block, or no cache)."""
+        index = match.num_blocks
+        if not self.enable_prefix_caching or index >= (seq.num_tokens - 1) // self.block_size:
+            return None
+        return self._hashes(seq, index + 1)[index]
+
     def can_admit(self, seq: Sequence, match: PrefixMatch, num_new_tokens: int) -> bool:
         total = match.num_blocks * self.block_size + num_new_tokens
         needed = -(-total // self.block_size) - match.num_blocks

@@ -124,18 +124,26 @@ class Scheduler:
     def _admit_waiting(self, out: SchedulerOutput, budget: int, chunk: int, scheduled: set[int]) -> int:
         bm = self.block_manager
         num_running = len(self.running)
+        being_computed: set[bytes] = set()  # prefixes a sequence admitted in this step will compute
         while self.waiting and budget > 0 and num_running < self.config.max_num_seqs:
             seq = self.waiting[0]
             if seq.is_finished:  # aborted while queued
                 self.waiting.popleft()
                 continue
             match = bm.match_prefix(seq)
+            prefix = bm.first_uncached_hash(seq, match)
+            if prefix is not None and prefix in being_computed:
+                # Its prefix is being computed right now (n > 1 choices, or identical prompts arriving
+                # together): next step it is in the cache, and this sequence shares those blocks.
+                break
             n = min(seq.num_tokens - match.num_blocks * bm.block_size, budget, chunk)
             if not bm.can_admit(seq, match, n):
                 break  # FCFS: nobody overtakes the head of the queue
             self.waiting.popleft()
             self._num_waiting -= 1
             bm.admit(seq, match, n)
+            if prefix is not None:
+                being_computed.add(prefix)
             seq.start_running()
             bisect.insort(self.running, seq, key=lambda s: s.arrival)
             num_running += 1
