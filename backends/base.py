@@ -67,15 +67,6 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-# Names of SamplingParams fields a backend may not support, as the API spells them.
-OPTIONAL_FEATURES: Mapping[str, str] = {
-    "logprobs": "logprobs",
-    "logit_bias": "logit_bias",
-    "ignore_eos": "ignore_eos",
-    "min_tokens": "min_tokens",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     request_id: str
@@ -158,7 +149,8 @@ class Backend(Protocol):
     """One loaded model. Implementations: backends.llamacpp, backends.paged."""
 
     kind: ClassVar[str]  # "llamacpp", "paged", ... sent as x-tandem-backend
-    unsupported_features: ClassVar[frozenset[str]]  # keys of OPTIONAL_FEATURES it cannot honour
+    # of logprobs, logit_bias, ignore_eos, min_tokens: those it cannot honour (the gateway answers 400)
+    unsupported_features: ClassVar[frozenset[str]]
     supports_embeddings: ClassVar[bool]
 
     @property

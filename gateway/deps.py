@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from gateway.auth import Access, Principal
 from gateway.auth.access import NO_TEAM
-from gateway.errors import APIError, model_not_found
+from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.model_store import ModelStore
 from gateway.registry import ManagedModel, ModelManager
@@ -105,12 +105,3 @@ def may_see_names(request: Request, names: list[str]) -> bool:
 
 def may_see(request: Request, model: ManagedModel) -> bool:
     return may_see_names(request, model.names)
-
-
-def resolve_model(models: ModelManager, name: str, request: Request) -> ManagedModel:
-    """The model a request names (name or alias), loaded or not; a model the key may not use is unknown."""
-    model = models.resolve(name)
-    if model is None or not may_see(request, model):
-        raise model_not_found(name)
-    record_model(request, model)
-    return model

@@ -56,21 +56,18 @@ def _check_features(request: _SamplingFields, model: ServedModel, logprobs: int 
             )
 
 
-def _logit_bias(request: _SamplingFields) -> dict[int, float]:
+def _logit_bias(request: _SamplingFields, vocab_size: int) -> dict[int, float]:
+    """The request's logit_bias with token-id keys, each checked against the model's vocabulary."""
     bias: dict[int, float] = {}
     for key, value in (request.logit_bias or {}).items():
         if not key.lstrip("-").isdigit():
             raise bad_request(f"Invalid logit_bias key {key!r}: keys must be token ids.", param="logit_bias")
+        if not 0 <= int(key) < vocab_size:
+            raise bad_request(
+                f"Invalid logit_bias key {key}: not a token id of this model.", param="logit_bias"
+            )
         bias[int(key)] = value
     return bias
-
-
-def _check_bias_range(bias: dict[int, float], vocab_size: int) -> None:
-    for token in bias:
-        if not 0 <= token < vocab_size:
-            raise bad_request(
-                f"Invalid logit_bias key {token}: not a token id of this model.", param="logit_bias"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +97,7 @@ def _sampling(
     seed: int | None,
     fallbacks: SamplingDefaults,
     structured: StructuredOutput | None,
+    logit_bias: dict[int, float],
 ) -> SamplingParams:
     context = model.backend.context_length
     if prompt_tokens >= context or (max_tokens is not None and prompt_tokens + max_tokens > context):
@@ -127,7 +125,7 @@ def _sampling(
         frequency_penalty=pick("frequency_penalty"),
         repetition_penalty=pick("repetition_penalty"),
         logprobs=logprobs,
-        logit_bias=_logit_bias(request),
+        logit_bias=logit_bias,
         ignore_eos=request.ignore_eos,
         min_tokens=min(request.min_tokens, max_tokens),
         structured=structured,
@@ -146,7 +144,7 @@ def prepare_tokens(
 ) -> PreparedGeneration:
     """The request's n generations over `prompt_ids`, with every sampling parameter resolved."""
     _check_features(request, model, logprobs)
-    _check_bias_range(_logit_bias(request), model.backend.vocab_size)
+    logit_bias = _logit_bias(request, model.backend.vocab_size)  # parsed once for all n choices
     seed = request.seed if request.seed is not None else model.spec.parameters.seed
     requests = [
         GenerationRequest(
@@ -162,6 +160,7 @@ def prepare_tokens(
                 None if seed is None else seed + i,
                 fallbacks,
                 structured,
+                logit_bias,
             ),
         )
         for i in range(request.n)

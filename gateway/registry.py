@@ -96,7 +96,6 @@ class Lease:
         self.model = model
         self.served = model.served()
         self.load_seconds = loaded_s  # time this request spent waiting for the load (Ollama's load_duration)
-        self._keep_alive_s = keep_alive_s
         self._release = weakref.finalize(self, manager._release, model, keep_alive_s)
 
     def release(self) -> None:

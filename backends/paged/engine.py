@@ -58,10 +58,6 @@ class StepTiming:
     num_seqs: int = 0
     num_tokens: int = 0
 
-    @property
-    def cpu_overhead(self) -> float:
-        return self.schedule + self.prepare + self.postprocess
-
 
 @dataclass(frozen=True, slots=True)
 class EngineCounters:
@@ -86,7 +82,6 @@ class _Counters:
     prompt_computed: int = 0
     generated: int = 0
     steps: int = 0
-    total: StepTiming = field(default_factory=StepTiming)
     step_batch_size: Histogram = field(default_factory=lambda: Histogram(COUNT_BUCKETS))
     step_tokens: Histogram = field(default_factory=lambda: Histogram(COUNT_BUCKETS))
     queue_time: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
@@ -219,11 +214,6 @@ class LLMEngine:
         self.last_step = StepTiming(
             t1 - t0, t2 - t1, t3 - t2, t4 - t3, len(plan.scheduled), plan.num_batched_tokens
         )
-        total = self._counters.total
-        total.schedule += t1 - t0
-        total.prepare += t2 - t1
-        total.execute += t3 - t2
-        total.postprocess += t4 - t3
         return outputs
 
     def _observe_scheduled(self, plan: SchedulerOutput) -> None:
@@ -346,11 +336,6 @@ class LLMEngine:
             request_prefill_time_s=c.prefill_time.snapshot(),
             request_decode_time_s=c.decode_time.snapshot(),
         )
-
-    @property
-    def total_timing(self) -> StepTiming:
-        """Phase times summed over all steps so far."""
-        return self._counters.total
 
     def check_invariants(self) -> None:
         """Block accounting (tests): only running sequences hold blocks, and ref counts match."""
