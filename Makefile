@@ -10,12 +10,39 @@ LLAMA_WHEEL_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # A --find-links on the command line replaces the configured one, so pass both.
 FIND_LINKS := $(addprefix --find-links ,$(WHEEL_CACHE) $(PIP_FIND_LINKS))
 STAMP := $(VENV)/.tandem-installed
+# The llama-cpp-python source: the wheel is built from it, and the tests read llama.cpp's real tokenizer
+# vocabularies and chat templates from it (vendor/llama.cpp/models/): kept in tandem's cache, never committed.
+SDIST_DIR ?= $(HOME)/.cache/tandem/sdist
+LLAMA_SDIST := $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+# Programs the tests drive for real (Debian package: program it provides).
+SYSTEM_PACKAGES := redis-server:redis-server prometheus:promtool chromium:chromium docker-compose:docker-compose
 
-.PHONY: install serve test lint bench up down clean-venv
+.PHONY: install system-packages serve test typecheck lint fuzz bench up down clean-venv
 
-install: $(STAMP)
+install: system-packages $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# Installs what is missing with apt-get when run as root; otherwise stops and prints the one command to run.
+system-packages:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+		command -v "$${entry#*:}" >/dev/null 2>&1 || missing="$$missing $${entry%%:*}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing system packages the tests use:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "tandem needs these system packages:$$missing"; \
+			echo "run:  sudo apt-get update && sudo apt-get install -y$$missing"; \
+			echo "(or the same packages from your system's package manager), then run make again"; \
+			exit 1; \
+		fi; \
+	fi
+
+$(LLAMA_SDIST):
+	@mkdir -p $(SDIST_DIR)
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: -d $(SDIST_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
+
+$(STAMP): pyproject.toml Makefile $(LLAMA_SDIST)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
@@ -23,7 +50,7 @@ $(STAMP): pyproject.toml Makefile
 	@if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once into $(WHEEL_CACHE) (compiles llama.cpp: a few minutes)"; \
 		CMAKE_ARGS="$(LLAMA_WHEEL_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEEL_CACHE) \
-			llama-cpp-python==$(LLAMA_CPP_VERSION); \
+			$(LLAMA_SDIST); \
 	fi
 	$(PIP) install -q $(FIND_LINKS) -e ".[dev]"
 	touch $(STAMP)
@@ -31,12 +58,20 @@ $(STAMP): pyproject.toml Makefile
 serve: install
 	$(VENV)/bin/tandem serve $(ARGS)
 
+# the type check first: it keeps the seams (backends.base and what the gateway calls on it) true
 test: install
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q $(ARGS)
 
-lint: install
+typecheck: install
+	$(VENV)/bin/mypy
+
+lint: install typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+fuzz: install  # a longer schemathesis run than make test's (tests/test_fuzz.py): TANDEM_FUZZ_EXAMPLES=N
+	TANDEM_FUZZ_EXAMPLES=$${TANDEM_FUZZ_EXAMPLES:-200} $(VENV)/bin/pytest -q -s tests/test_fuzz.py $(ARGS)
 
 bench: install
 	$(VENV)/bin/tandem bench throughput $(ARGS)

@@ -108,8 +108,22 @@ class ModelInfo:
     chat_template: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class BackendCapabilities:
+    """What a backend honours beyond plain generation. The gateway refuses (400) a request that needs
+    one its model lacks rather than silently ignoring part of it; everything is off unless declared."""
+
+    logprobs: bool = False
+    logit_bias: bool = False
+    ignore_eos: bool = False
+    min_tokens: bool = False
+    structured_output: bool = False  # JSON mode and JSON schemas (SamplingParams.structured)
+    embeddings: bool = False  # Backend.embed
+
+
 class BackendError(Exception):
-    """A request the backend refuses; the gateway maps subclasses to protocol errors."""
+    """A request the backend refuses. The gateway answers the subclasses below with their own status; any
+    other BackendError is the request's fault (400, code "invalid_request")."""
 
 
 class QueueFullError(BackendError):
@@ -119,7 +133,26 @@ class QueueFullError(BackendError):
 
 
 class BackendUnavailableError(BackendError):
-    """The backend is shutting down or failed to load."""
+    """The backend is shutting down, failed to load, or failed (BackendState.FAILED)."""
+
+
+class GenerationFailedError(BackendError):
+    """One request failed inside the backend, which serves on: neither the client's fault nor a reason to
+    skip the deployment. The gateway answers 500 (or an error event, once streaming)."""
+
+
+class BackendState(StrEnum):
+    READY = "ready"
+    # An error the backend could not pin on one request (a failed engine step, a dead worker thread): it
+    # has failed its in-flight requests, refuses new ones, and must be replaced (the ModelManager reloads it).
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    state: BackendState
+    error: str | None = None  # why it failed
 
 
 class GenerationStream(Protocol):
@@ -133,14 +166,6 @@ class GenerationStream(Protocol):
         """Stop the request now and free what it holds; safe to call at any time, more than once."""
         ...
 
-    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        """One L2-normalized vector per input (token ids, each within the context length)."""
-        ...
-
-    def stats(self) -> BackendStats:
-        """A snapshot for /metrics; cheap, callable from any thread."""
-        ...
-
     async def aclose(self) -> None: ...
 
 
@@ -149,15 +174,26 @@ class Backend(Protocol):
     """One loaded model. Implementations: backends.llamacpp, backends.paged."""
 
     kind: ClassVar[str]  # "llamacpp", "paged", ... sent as x-tandem-backend
-    # of logprobs, logit_bias, ignore_eos, min_tokens: those it cannot honour (the gateway answers 400)
-    unsupported_features: ClassVar[frozenset[str]]
-    supports_embeddings: ClassVar[bool]
+
+    @property
+    def capabilities(self) -> BackendCapabilities: ...
+
+    @property
+    def health(self) -> BackendHealth:
+        """Cheap, callable from any thread; the ModelManager polls it to replace a failed backend."""
+        ...
 
     @property
     def context_length(self) -> int: ...
 
     @property
     def vocab_size(self) -> int: ...
+
+    @property
+    def max_requests(self) -> int:
+        """The most requests it holds at once, running and queued. One API call's n choices are that many
+        requests: more than this can never be admitted, and the gateway answers 400, not a 503 to retry."""
+        ...
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; special-token text (e.g. <|im_start|>) becomes the special token.
@@ -168,7 +204,11 @@ class Backend(Protocol):
         ...
 
     def apply_chat_template(self, messages: list[ChatMessage]) -> str:
-        """The model's own chat template, rendered with the generation prompt appended."""
+        """The model's own chat template, rendered with the generation prompt appended.
+
+        Raises backends.chat_template.ChatTemplateError when the model has none or it fails on these
+        messages (the gateway answers 400).
+        """
         ...
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
@@ -178,6 +218,17 @@ class Backend(Protocol):
         here, before any HTTP response has started. Closing the stream early (or dropping it) aborts
         the request and frees what it held.
         """
+        ...
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """One L2-normalized vector per input (token ids, each within the context length).
+
+        Only where capabilities.embeddings: the gateway checks that before calling.
+        """
+        ...
+
+    def stats(self) -> BackendStats:
+        """A snapshot for /metrics; cheap, callable from any thread."""
         ...
 
     async def aclose(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -16,22 +17,17 @@ SAFETENSORS_DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16", "F8_E4M3": "FP
 
 
 def inspect_gguf(path: Path) -> ModelInfo:
-    import gguf  # memory-maps the file and parses only its header and tensor table
+    from backends.paged.gguf_file import GGUFFile  # header and tensor table only: milliseconds
 
-    reader = gguf.GGUFReader(path)
-
-    def field(name: str, default: object = None) -> object:
-        found = reader.fields.get(name)
-        return found.contents() if found is not None else default
-
-    file_type = field("general.file_type", -1)
+    file = GGUFFile(path)
+    template = file.get("tokenizer.chat_template")
     return ModelInfo(
         format="gguf",
-        family=str(field("general.architecture", "unknown")),
-        parameter_count=sum(int(t.n_elements) for t in reader.tensors),
-        quantization=GGUF_FILE_TYPES.get(int(file_type), "unknown"),  # type: ignore[arg-type]
+        family=str(file.get("general.architecture", "unknown")),
+        parameter_count=sum(math.prod(t.shape) for t in file.tensors),
+        quantization=GGUF_FILE_TYPES.get(int(file.get("general.file_type", -1)), "unknown"),
         size_bytes=path.stat().st_size,
-        chat_template=field("tokenizer.chat_template"),  # type: ignore[arg-type]
+        chat_template=template if isinstance(template, str) else None,
     )
 
 
@@ -42,8 +38,15 @@ def _safetensors_header(path: Path) -> dict:
 
 
 def inspect_checkpoint(directory: Path) -> ModelInfo:
-    """A Hugging Face checkpoint directory: config.json, *.safetensors, tokenizer_config.json."""
+    """A Hugging Face checkpoint directory: config.json, *.safetensors, tokenizer_config.json.
+
+    Only the paged engine serves checkpoint directories, so one it cannot run (another architecture, a
+    quantization_config such as AWQ, GPTQ or FP8) is refused here, at start, naming what it is.
+    """
+    from backends.paged.model_config import ModelConfig  # torch-free
+
     config = json.loads((directory / "config.json").read_text())
+    ModelConfig.from_hf(config)
     files = sorted(directory.glob("*.safetensors"))
     parameters, dtypes = 0, set()
     for file in files:
@@ -71,3 +74,19 @@ def inspect_checkpoint(directory: Path) -> ModelInfo:
 
 def inspect_model(path: Path) -> ModelInfo:
     return inspect_checkpoint(path) if path.is_dir() else inspect_gguf(path)
+
+
+def check_paged_servable(path: Path) -> None:
+    """Raise UnsupportedModelError, naming it, for a model the paged engine cannot run: reads only the
+    header (no torch), so a start-up check costs milliseconds instead of a failure at first use."""
+    from backends.paged.model_config import ModelConfig
+
+    if path.is_dir():
+        ModelConfig.from_dir(path)
+        return
+    from backends.paged.gguf_config import model_config_from_gguf, open_gguf
+    from backends.paged.gguf_weights import check_tensor_types
+
+    file = open_gguf(path)
+    model_config_from_gguf(file)
+    check_tensor_types(file)

@@ -11,6 +11,7 @@ Importing this module is cheap and torch-free, so the gateway can call validate(
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -60,8 +61,13 @@ def _options(spec: StructuredOutput) -> tuple[str, dict[str, Any]]:
 
 
 def validate(spec: StructuredOutput) -> None:
-    """Raise InvalidStructuredOutputError if `spec` cannot be compiled. Needs no tokenizer; ~0.1 ms
-    (after xgrammar's import), so it can run at admission."""
+    """Raise InvalidStructuredOutputError if `spec` cannot be compiled, or admits no document at all.
+
+    Needs no model's tokenizer: the schema is compiled for a vocabulary of the 256 bytes, where a grammar
+    that allows no first byte (e.g. {"$ref": "#"}, a schema that is only itself) admits no document. With a
+    model's vocabulary such a grammar masks every token, and sampling fails on probabilities that are all
+    NaN. ~1 ms for a new schema, then cached (after xgrammar's import), so it can run at admission.
+    """
     if spec.kind == "json_object":
         return
     assert spec.schema is not None
@@ -71,11 +77,16 @@ def validate(spec: StructuredOutput) -> None:
         raise InvalidStructuredOutputError(f"the JSON schema is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidStructuredOutputError("the JSON schema must be a JSON object")
-    schema, options = _options(spec)
-    try:
-        _xgrammar().Grammar.from_json_schema(schema, **options)
-    except RuntimeError as exc:
-        raise _unsupported(exc) from None
+    if not _byte_compiler().matcher(spec).allowed_mask().any():
+        raise InvalidStructuredOutputError(
+            'the JSON schema admits no JSON document (does it only refer to itself, as {"$ref": "#"}?)'
+        )
+
+
+@functools.cache
+def _byte_compiler() -> StructuredCompiler:
+    """Grammars over single bytes (and an end token), for validate(); one per process, its cache bounded."""
+    return StructuredCompiler(Vocabulary([bytes([b]) for b in range(256)] + [b""], stop_ids=(256,)), 1)
 
 
 def _unsupported(exc: RuntimeError) -> InvalidStructuredOutputError:

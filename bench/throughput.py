@@ -84,7 +84,7 @@ class Report:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tandem bench throughput", description=__doc__.splitlines()[0])
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, help="Hugging Face checkpoint directory")
+    source.add_argument("--model", type=Path, help="Hugging Face checkpoint directory or GGUF file")
     source.add_argument(
         "--random-weights", choices=["tiny", "llama-3-8b"], help="random model of a real shape"
     )
@@ -149,6 +149,11 @@ def build_engine(args: argparse.Namespace):
         enable_prefix_caching=not args.no_prefix_caching,
     )
     if args.model is not None:
+        from backends.paged.gguf_engine import engine_from_gguf
+        from backends.paged.loader import is_gguf
+
+        if is_gguf(args.model):
+            return engine_from_gguf(args.model, config, model_name=str(args.model))
         return LLMEngine.from_pretrained(args.model, config, model_name=str(args.model))
     return LLMEngine.from_random(args.random_weights, config, seed=args.seed)
 
@@ -225,12 +230,14 @@ def run_overhead(
 
 
 def run_hf(args: argparse.Namespace, engine: LLMEngine, workload: Workload) -> dict[str, float]:
-    """transformers generate() on the same weights, in static batches of --hf-batch-size."""
+    """transformers generate() on the same weights, in static batches of --hf-batch-size (a GGUF file's
+    weights as the engine dequantized them)."""
     import torch
     import transformers
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.model if args.model is not None else export_hf_checkpoint(engine, Path(tmp))
+        checkpoint = args.model is not None and args.model.is_dir()
+        path = args.model if checkpoint else export_hf_checkpoint(engine, Path(tmp))
         runner = engine.runner
         hf = (
             transformers.AutoModelForCausalLM.from_pretrained(path, dtype=runner.dtype)
@@ -272,7 +279,8 @@ def run_hf(args: argparse.Namespace, engine: LLMEngine, workload: Workload) -> d
 
 
 def export_hf_checkpoint(engine: LLMEngine, out: Path) -> Path:
-    """Write the engine's (random) weights as a Llama checkpoint in Hugging Face's naming."""
+    """Write the engine's weights (random, or dequantized from a GGUF file) as a Llama or Qwen2 checkpoint
+    in Hugging Face's naming."""
     from safetensors.torch import save_file
 
     cfg = engine.runner.model.config
@@ -290,9 +298,11 @@ def export_hf_checkpoint(engine: LLMEngine, out: Path) -> Path:
         else:
             tensors[name] = tensor
     save_file(tensors, str(out / "model.safetensors"))
+    if cfg.arch not in ("llama", "qwen2") or cfg.rope.type != "default" or cfg.o_bias:
+        raise ValueError(f"cannot export a {cfg.arch} model with {cfg.rope.type} rope for the HF comparison")
     config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": cfg.arch,
+        "architectures": ["Qwen2ForCausalLM" if cfg.arch == "qwen2" else "LlamaForCausalLM"],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,

@@ -1,4 +1,4 @@
-"""The `tandem` command: serve, models, make-tiny-model, bench."""
+"""The `tandem` command line: the server, its models, and clients of a running tandem."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import shutil
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from backends.base import BackendUnavailableError
 from gateway import cli_chat, cli_create, cli_pull
 from gateway.auth import add_cli_commands
-from gateway.config import ConfigError, Profile, TandemConfig, load_config, select_profile
+from gateway.config import ConfigError, Profile, TandemConfig, load_config, require_models, select_profile
 from gateway.model_store import ModelStore
 from gateway.routing import Router
 from gateway.settings import Settings
@@ -49,14 +50,15 @@ def _active(settings: Settings) -> ActiveConfig:
 
 
 async def _serve(settings: Settings, active: ActiveConfig) -> None:
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.auth import open_access
+    from gateway.drain import Drain, DrainingServer, serve_config
+    from gateway.http_protocol import with_header_timeout
     from gateway.startup import build_manager
 
     profile_name, source = active.profile_name, active.source
-    store = ModelStore(settings.resolved_home() / "models" / "created")
+    require_models(active.profile, profile_name, source)
+    store = ModelStore(created_models_dir(settings, profile_name))
     models = build_manager(active.profile, profile_name, settings, source, store)
     try:
         await models.start()  # preloads: a model that cannot load fails here, before the server listens
@@ -65,10 +67,13 @@ async def _serve(settings: Settings, active: ActiveConfig) -> None:
         raise ConfigError(source, [("", str(exc))]) from None
     access = await open_access(settings.auth_settings(active.config.auth))
     app = create_app(settings, models, Router(active.profile, models), store, access)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
+    # SIGTERM: stop accepting at once, let what runs finish within TANDEM_DRAIN_S, then end it properly
+    drain = Drain(settings.drain_s)
+    config = serve_config(
+        app, drain, host=settings.host, port=settings.port, log_level=settings.log_level,
+        http=with_header_timeout(settings.header_timeout_s),
+    )  # fmt: skip
+    server = DrainingServer(config, drain)
     # everything made so far lives as long as the process: keep it out of the collector's full passes,
     # which otherwise pause the event loop for milliseconds (tail latency)
     gc.collect()
@@ -77,6 +82,25 @@ async def _serve(settings: Settings, active: ActiveConfig) -> None:
     logger.info("profile %r from %s: serving %s", profile_name, source, names)
     logger.info("OpenAI-compatible endpoint: http://%s:%d/v1", settings.host, settings.port)
     await server.serve()
+
+
+def created_models_dir(settings: Settings, profile_name: str) -> Path:
+    """Models created through the API belong to the profile they were made in (a llama.cpp model made
+    under dev is not served by prod's paged engine).
+
+    Records from before models were kept per profile lie directly in models/created/: each profile
+    adopts a copy the first time it starts, so nothing made then is lost.
+    """
+    root = settings.resolved_home() / "models" / "created"
+    directory = root / profile_name
+    legacy = sorted(root.glob("*.json"))
+    if legacy and not directory.exists():
+        directory.mkdir(parents=True)
+        for record in legacy:
+            shutil.copy2(record, directory / record.name)
+        logger.info("profile %r adopted %d model(s) created before per-profile storage", profile_name,
+                    len(legacy))  # fmt: skip
+    return directory
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -107,7 +131,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         path = str(spec.resolved_path()) if spec.path else "-"
         if spec.path and not spec.resolved_path().exists():
             path += " (generated on first serve)" if spec.demo else " (missing)"
-        rows.append((spec.name, spec.backend, ",".join(spec.aliases) or "-", path))
+        rows.append((spec.name, spec.backend or "-", ",".join(spec.aliases) or "-", path))  # "-": a route
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows if profile.models else []:
         print(
@@ -128,22 +152,25 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {
+    "throughput": "the paged engine's offline throughput, next to Hugging Face generate",
+    "gateway": "the front door's overhead per request, next to LiteLLM's proxy",
+}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_kind == "throughput":
         from bench.throughput import main as throughput
 
         return throughput(args.bench_args)
-    if args.bench_kind == "gateway":
-        from bench.gateway_overhead import main as gateway
+    from bench.gateway_overhead import main as gateway
 
-        return gateway(args.bench_args)
-    print(f"unknown benchmark {args.bench_kind!r}", file=sys.stderr)
-    return 2
+    return gateway(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -174,19 +201,33 @@ def build_parser() -> argparse.ArgumentParser:
     cli_chat.add_commands(commands)
     add_cli_commands(commands)  # keys, teams, usage
 
-    bench = commands.add_parser("bench", help="benchmarks (tandem bench throughput --help)")
-    bench.add_argument("bench_kind", choices=["throughput", "gateway"])
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks that print a table and write JSON to bench/results/",
+        description="Benchmarks; each prints a table and writes JSON. "
+        "`tandem bench KIND --help` for its options.",
+    )
+    kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
+    for kind, summary in BENCHMARKS.items():
+        # the benchmark parses its own options (and answers --help itself)
+        kinds.add_parser(kind, help=summary, add_help=False)
     bench.set_defaults(handler=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = unknown  # a benchmark parses its own options
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         level = Settings().log_level
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file it writes
+        # the client commands' own output is the answer; httpx would log every request before it
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         return args.handler(args)
     except ConfigError as exc:
         print(f"tandem: invalid configuration\n{exc}", file=sys.stderr)

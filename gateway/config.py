@@ -11,12 +11,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backends.paged.config import EngineConfig
+from backends.remote.upstream import UpstreamTimeouts
 from gateway.auth.settings import AuthSettings
 from gateway.durations import parse_keep_alive
 
 DEFAULT_CONFIG_PATH = Path("config/tandem.yaml")
 BUILTIN_CONFIG_NAME = "<built-in default>"
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._:/@+*?-]*$")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9*?][A-Za-z0-9._:/@+*?-]*")
+MAX_NAME_LENGTH = 255  # bytes: a created model's record is a file named after it (NAME_MAX)
 
 
 class ConfigError(Exception):
@@ -54,6 +56,9 @@ class MessageSpec(_Strict):
     content: str
 
 
+_UPSTREAM_TIMEOUTS = UpstreamTimeouts()  # the defaults
+
+
 class RemoteSpec(_Strict):
     """An OpenAI-compatible upstream server, reached through litellm."""
 
@@ -66,6 +71,16 @@ class RemoteSpec(_Strict):
         description="direct: pass OpenAI requests through as they are (default for provider openai); "
         "litellm: translate through litellm (needed for every other provider)",
     )
+    connect_timeout_s: float = Field(_UPSTREAM_TIMEOUTS.connect_s, gt=0, description="to open a connection")
+    first_byte_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="to the answer's first byte (a stream's first event); "
+        f"default: the model's timeout_s, else {_UPSTREAM_TIMEOUTS.first_byte_s:g}",
+    )
+    idle_timeout_s: float = Field(
+        _UPSTREAM_TIMEOUTS.idle_s, gt=0, description="between two pieces of an answer once it started"
+    )
 
     @model_validator(mode="after")
     def _client_fits_provider(self) -> RemoteSpec:
@@ -76,6 +91,10 @@ class RemoteSpec(_Strict):
     @property
     def via_litellm(self) -> bool:
         return self.client == "litellm" or (self.client is None and self.provider != "openai")
+
+    def timeouts(self, model_timeout_s: float | None) -> UpstreamTimeouts:
+        first_byte = self.first_byte_timeout_s or model_timeout_s or _UPSTREAM_TIMEOUTS.first_byte_s
+        return UpstreamTimeouts(self.connect_timeout_s, first_byte, self.idle_timeout_s)
 
 
 class DeploymentSpec(_Strict):
@@ -100,7 +119,11 @@ class ModelSpec(_Strict):
     context_length: int | None = Field(None, gt=0)
     system: str | None = Field(None, description="default system prompt (Modelfile SYSTEM)")
     parameters: ModelParameters = Field(default_factory=ModelParameters)
-    demo: bool = Field(False, description="generate tandem's random-weight demo model at `path` if missing")
+    demo: Literal["tiny", "smollm2"] | None = Field(
+        None,
+        description="if `path` is missing: tiny (or true) generates tandem's random-weight model there; "
+        "smollm2 downloads SmolLM2-135M-Instruct (a real instruct model, a 98 MB GGUF) there",
+    )
     preload: bool = Field(False, description="load at start instead of on first use")
     keep_alive: str | int | float | None = Field(
         None, description="how long to stay loaded after the last request ('5m', 0, -1 = forever)"
@@ -117,8 +140,17 @@ class ModelSpec(_Strict):
     @classmethod
     def _check_names(cls, value: str | list[str]) -> str | list[str]:
         for name in [value] if isinstance(value, str) else value:
-            if not _NAME_PATTERN.match(name):
+            if not _NAME_PATTERN.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid model name (letters, digits and ._:/@+-*? only)")
+            if len(name) > MAX_NAME_LENGTH:  # ASCII by the pattern: characters are bytes
+                raise ValueError(f"a model name is at most {MAX_NAME_LENGTH} bytes long, not {len(name)}")
+        return value
+
+    @field_validator("demo", mode="before")
+    @classmethod
+    def _demo_flag(cls, value: object) -> object:
+        if isinstance(value, bool):  # `demo: true` predates the real demo model: it means the tiny one
+            return "tiny" if value else None
         return value
 
     @property
@@ -209,17 +241,40 @@ def parse_config(data: Any, source: str) -> TandemConfig:
         raise ConfigError(source, problems) from None
 
 
+# The real demo model (backends/demo_model.py), fetched into this path on first use.
+DEMO_MODEL_PATH = "~/.cache/tandem/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def builtin_config() -> TandemConfig:
-    """What tandem serves with no config file at all: the dev profile and the generated demo model."""
-    demo = ModelSpec(
-        name="tiny",
-        backend="llamacpp",
-        path="~/.cache/tandem/models/tiny/model.gguf",
-        aliases=["default"],
-        context_length=2048,
-        demo=True,
+    """What tandem serves with no config file at all: the demo model SmolLM2-135M-Instruct, one GGUF file
+    served by llama.cpp under dev and by the paged engine (dequantized at load) under prod."""
+
+    def demo(backend: Literal["llamacpp", "paged"], preload: bool) -> Profile:
+        spec = ModelSpec(
+            name="smollm2",
+            backend=backend,
+            path=DEMO_MODEL_PATH,
+            aliases=["default"],
+            context_length=2048,
+            demo="smollm2",
+            # config/tandem.yaml's system prompt. Measured on this 135M 4-bit model: with the template's own default
+            # system prompt llama.cpp's first token for "What is the capital of France?" is a near-tie
+            # (0.35 logits) that it resolves into French; with this one both backends answer "The capital
+            # of France is Paris.".
+            system="You are concise.",
+            # Greedy unless a request says otherwise: at temperature 1 a 135M model rambles, and even at its
+            # model card's 0.2 it flips between answers a near-tie apart. A demo that answers the same
+            # question the same way is easier to trust.
+            parameters=ModelParameters(temperature=0.0),
+            preload=preload,  # prod behaves like vLLM: loaded at start, never unloaded
+            keep_alive=-1 if preload else None,
+        )
+        return Profile(models=[spec])
+
+    return TandemConfig(
+        profile="dev",
+        profiles={"dev": demo("llamacpp", preload=False), "prod": demo("paged", preload=True)},
     )
-    return TandemConfig(profile="dev", profiles={"dev": Profile(models=[demo]), "prod": Profile()})
 
 
 def load_config(path: Path | None) -> tuple[TandemConfig, str]:
@@ -250,3 +305,10 @@ def select_profile(config: TandemConfig, source: str, requested: str | None) -> 
         key = "profile" if requested is None else "profiles"
         raise ConfigError(source, [(key, f"profile {name!r} is not defined (defined: {known})")])
     return name, config.profiles[name]
+
+
+def require_models(profile: Profile, name: str, source: str) -> None:
+    """Serving a profile without models would answer every request with 404: refuse to start instead."""
+    if not profile.models:
+        problem = f"profile {name!r} has no models: add at least one under profiles.{name}.models"
+        raise ConfigError(source, [(f"profiles.{name}.models", problem)])

@@ -48,9 +48,15 @@ async def get_principal(request: Request) -> Principal:
 
 
 async def require_admin(request: Request, principal: Annotated[Principal, Depends(get_principal)]) -> None:
-    """Changing the set of models (create, copy, delete, pull) is for the master key on a shared endpoint."""
-    if request.app.state.access.enabled and not principal.is_master:
-        raise APIError(403, "only the master key may change models", code="insufficient_permissions")
+    """Changing the set of models (pull, create, copy, delete) is for the master key on a shared endpoint,
+    and for keys created with manage_models (`tandem keys create --manage-models`)."""
+    if request.app.state.access.enabled and not principal.may_manage_models:
+        raise APIError(
+            403,
+            "changing models (pull, create, copy, delete) needs the master key or a key created with "
+            "manage_models (tandem keys create --manage-models)",
+            code="insufficient_permissions",
+        )
 
 
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
@@ -101,6 +107,16 @@ def may_see_names(request: Request, names: list[str]) -> bool:
     without access control."""
     principal = getattr(request.state, "principal", None)
     return principal is None or request.app.state.access.may_use(principal, *names)
+
+
+def usable_names(request: Request, router: Router) -> list[str]:
+    """Every model name the caller may send (names and aliases; globs as written), for error messages."""
+    return [
+        name
+        for spec in router.entries()
+        if may_see_names(request, [spec.name, *spec.aliases])
+        for name in [spec.name, *spec.aliases]
+    ]
 
 
 def may_see(request: Request, model: ManagedModel) -> bool:

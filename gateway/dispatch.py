@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from backends.base import BackendUnavailableError, QueueFullError
 from backends.remote.upstream import UpstreamError
-from gateway.deps import CallContext, may_see_names
-from gateway.errors import APIError, as_api_error, bad_request, model_not_found
+from gateway.deps import CallContext, may_see_names, usable_names
+from gateway.errors import APIError, as_api_error, bad_request, model_not_found, upstream_api_error
 from gateway.registry import ManagedModel
 from gateway.routing import RemoteModel
 
@@ -24,11 +24,6 @@ logger = logging.getLogger("tandem.gateway")
 T = TypeVar("T")
 ServeLocal = Callable[[ManagedModel], Awaitable[T]]
 ServeRemote = Callable[[RemoteModel, str], Awaitable[T]]
-
-
-def upstream_api_error(exc: UpstreamError) -> APIError:
-    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    return APIError(exc.status, str(exc), type=kind, code=exc.code)
 
 
 # the deployment is fine, it just cannot take this request now: try the next one, but keep sending it traffic
@@ -64,7 +59,7 @@ async def dispatch(
     # Ollama clients add a tag; "tiny:latest" is "tiny"
     spec = router.lookup(requested, team) or router.lookup(requested.removesuffix(":latest"), team)
     if spec is None or not may_see_names(request, [requested, spec.name, *spec.aliases]):
-        raise model_not_found(requested)
+        raise model_not_found(requested, usable_names(request, router))
     request.state.tandem_model = spec.name
     last_error: APIError | None = None
     for attempt in router.plan(spec):

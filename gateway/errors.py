@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backends.base import BackendUnavailableError, QueueFullError
+from backends.base import BackendError, BackendUnavailableError, GenerationFailedError, QueueFullError
+from backends.remote.upstream import UpstreamError
 from backends.structured import InvalidStructuredOutputError
 from gateway.openai_protocol import ErrorBody, ErrorResponse
 
@@ -50,13 +53,23 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def model_not_found(model: str) -> APIError:
+MAX_NAMES_IN_MESSAGE = 20
+
+
+def model_not_found(model: str, available: list[str] | None = None) -> APIError:
+    """`available`: the names the caller may use (never others'), so a typo is easy to see."""
+    hint = ""
+    if available is not None:
+        shown = ", ".join(available[:MAX_NAMES_IN_MESSAGE]) or "none"
+        extra = len(available) - MAX_NAMES_IN_MESSAGE
+        more = f" and {extra} more" if extra > 0 else ""
+        hint = f" Models you can use: {shown}{more}."
     return APIError(
         404,
-        f"The model '{model}' does not exist or you do not have access to it.",
+        f"The model '{model}' does not exist or you do not have access to it.{hint}",
         param="model",
         code="model_not_found",
-        ollama_message=f"model '{model}' not found",
+        ollama_message=f"model '{model}' not found.{hint}",
     )
 
 
@@ -74,7 +87,7 @@ def _param_of(location: tuple[str | int, ...]) -> str | None:
 
 def _validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    first: Mapping[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first["type"] == "json_invalid":
         return bad_request(
             f"We could not parse the JSON body of your request: {first.get('ctx', {}).get('error', '')}"
@@ -97,18 +110,34 @@ def _envelope(request: Request, error: APIError) -> JSONResponse:
     return error.response()
 
 
-def as_api_error(exc: Exception) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, RequestValidationError):
-        return _validation_error(exc)
-    if isinstance(exc, InvalidStructuredOutputError):
-        return bad_request(str(exc), param="response_format")
+def upstream_api_error(exc: UpstreamError) -> APIError:
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return APIError(exc.status, str(exc), type=kind, code=exc.code)
+
+
+def backend_api_error(exc: BackendError) -> APIError:
+    """A backend's refusal: its own trouble is a 503 (the client may retry), anything else the request's."""
     if isinstance(exc, QueueFullError):
         headers = {"Retry-After": str(exc.retry_after_s)}
         return APIError(503, str(exc), type="server_overloaded", code="queue_full", headers=headers)
     if isinstance(exc, BackendUnavailableError):
         return APIError(503, str(exc), type="server_error", code="backend_unavailable")
+    if isinstance(exc, GenerationFailedError):  # this request failed in a backend that serves on
+        return APIError(500, str(exc), type="server_error", code="generation_failed")
+    if isinstance(exc, UpstreamError):
+        return upstream_api_error(exc)
+    if isinstance(exc, InvalidStructuredOutputError):
+        return bad_request(str(exc), param="response_format")
+    return bad_request(str(exc) or type(exc).__name__, code="invalid_request")
+
+
+def as_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, BackendError):
+        return backend_api_error(exc)
     if isinstance(exc, StarletteHTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
@@ -121,13 +150,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return _envelope(request, as_api_error(exc))
 
-    for kind in (
-        APIError,
-        RequestValidationError,
-        QueueFullError,
-        BackendUnavailableError,
-        InvalidStructuredOutputError,
-        StarletteHTTPException,
-    ):
+    # each named here, not only under Exception: Starlette re-raises what reaches the Exception handler,
+    # and the server then logs it as a crash
+    for kind in (APIError, RequestValidationError, BackendError, StarletteHTTPException):
         app.add_exception_handler(kind, handle)
     app.add_exception_handler(Exception, handle)

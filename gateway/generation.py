@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from backends.base import ChatMessage, GenerationRequest, SamplingParams, StructuredOutput
@@ -39,15 +40,42 @@ def _context_error(context: int, prompt: int, max_tokens: int | None) -> APIErro
     )
 
 
-def _check_features(request: _SamplingFields, model: ServedModel, logprobs: int | None) -> None:
-    used = {
-        "logprobs": logprobs is not None,
-        "logit_bias": bool(request.logit_bias),
-        "ignore_eos": request.ignore_eos,
-        "min_tokens": request.min_tokens > 0,
-    }
-    for feature, in_use in used.items():
-        if in_use and feature in model.backend.unsupported_features:
+# A prompt longer than this many UTF-8 bytes per context token cannot fit, whatever it tokenizes to, and is
+# refused before it is rendered or tokenized (both CPU work proportional to its size). Real tokenizers
+# average 3-5 bytes per token on text and stay well under 32 even on runs of whitespace or punctuation.
+BYTES_PER_TOKEN = 32
+
+
+def check_prompt_size(model: ServedModel, size_bytes: int, param: str = "messages") -> None:
+    """The same 400 context_length_exceeded as an over-long token count, before spending CPU on the prompt."""
+    context = model.backend.context_length
+    if size_bytes > context * BYTES_PER_TOKEN:
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens. However, your prompt is {size_bytes} "
+            f"bytes, more than {context} tokens can hold (at most {BYTES_PER_TOKEN} bytes a token). "
+            "Please reduce the length of the prompt.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
+def _check_features(
+    request: _SamplingFields, model: ServedModel, logprobs: int | None, structured: StructuredOutput | None
+) -> None:
+    can = model.backend.capabilities
+    checks = (  # (parameter, used by this request, honoured by the backend)
+        ("logprobs", logprobs is not None, can.logprobs),
+        ("logit_bias", bool(request.logit_bias), can.logit_bias),
+        ("ignore_eos", request.ignore_eos, can.ignore_eos),
+        ("min_tokens", request.min_tokens > 0, can.min_tokens),
+        ("response_format", structured is not None, can.structured_output),
+    )
+    for feature, in_use, supported in checks:
+        if in_use and not supported:
             raise bad_request(
                 f"'{feature}' is not supported by backend '{model.backend.kind}' "
                 f"serving '{model.spec.name}'.",
@@ -56,18 +84,38 @@ def _check_features(request: _SamplingFields, model: ServedModel, logprobs: int 
             )
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+_MAX_ID_DIGITS = 12
+
+
 def _logit_bias(request: _SamplingFields, vocab_size: int) -> dict[int, float]:
     """The request's logit_bias with token-id keys, each checked against the model's vocabulary."""
     bias: dict[int, float] = {}
     for key, value in (request.logit_bias or {}).items():
-        if not key.lstrip("-").isdigit():
-            raise bad_request(f"Invalid logit_bias key {key!r}: keys must be token ids.", param="logit_bias")
-        if not 0 <= int(key) < vocab_size:
+        # ASCII digits only: str.isdigit() also accepts "²" and other digits that int() refuses
+        if not _INTEGER.fullmatch(key):
             raise bad_request(
-                f"Invalid logit_bias key {key}: not a token id of this model.", param="logit_bias"
+                f"Invalid logit_bias key {key[:40]!r}: keys must be token ids.", param="logit_bias"
+            )
+        # a vocabulary's ids have few digits; int() of thousands of them is slow, then refused
+        if len(key) > _MAX_ID_DIGITS or not 0 <= int(key) < vocab_size:
+            raise bad_request(
+                f"Invalid logit_bias key {key[:40]}: not a token id of this model.", param="logit_bias"
             )
         bias[int(key)] = value
     return bias
+
+
+def _check_n(request: _SamplingFields, model: ServedModel) -> None:
+    """The n choices are n requests to the backend: more than it can ever hold would be refused with a
+    503 that no retry can fix."""
+    limit = model.backend.max_requests
+    if request.n > limit:
+        raise bad_request(
+            f"'n' is {request.n}, but model '{model.spec.name}' holds at most {limit} requests at once "
+            f"(running and queued): ask for at most {limit} choices.",
+            param="n",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +191,8 @@ def prepare_tokens(
     structured: StructuredOutput | None = None,
 ) -> PreparedGeneration:
     """The request's n generations over `prompt_ids`, with every sampling parameter resolved."""
-    _check_features(request, model, logprobs)
+    _check_features(request, model, logprobs, structured)
+    _check_n(request, model)
     logit_bias = _logit_bias(request, model.backend.vocab_size)  # parsed once for all n choices
     seed = request.seed if request.seed is not None else model.spec.parameters.seed
     requests = [
@@ -170,18 +219,23 @@ def prepare_tokens(
 
 def chat_prompt_ids(model: ServedModel, messages: list[ChatMessage]) -> list[int]:
     """The conversation through the model's chat template, after the model's own preamble (Modelfile
-    MESSAGE) and with its default system prompt if the conversation has none."""
+    MESSAGE) and with its default system prompt if the conversation has none.
+
+    CPU work in proportion to the prompt (a template's bounded by its sandbox): call it off the loop."""
     spec = model.spec
     messages = [*(ChatMessage(role=m.role, content=m.content) for m in spec.messages), *messages]
     if spec.system is not None and not any(m.role == "system" for m in messages):
         messages = [ChatMessage(role="system", content=spec.system), *messages]
+    check_prompt_size(model, sum(utf8_size(m.content) for m in messages))
     try:
-        if spec.chat_template is not None:
-            prompt = ChatTemplate(spec.chat_template).render(messages)
+        if spec.chat_template is not None:  # a Modelfile's TEMPLATE: bounded by this model's context too
+            limit = model.backend.context_length * BYTES_PER_TOKEN
+            prompt = ChatTemplate(spec.chat_template, max_chars=limit).render(messages)
         else:
             prompt = model.backend.apply_chat_template(messages)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), param="messages") from None
+    check_prompt_size(model, utf8_size(prompt))
     return model.backend.tokenize(prompt, add_special_tokens=False)
 
 
@@ -234,6 +288,7 @@ def prepare_completion(
             "'best_of' other than n is not supported.", param="best_of", code="unsupported_parameter"
         )
     if isinstance(prompt, str):
+        check_prompt_size(model, utf8_size(prompt), param="prompt")
         prompt_ids = model.backend.tokenize(prompt, add_special_tokens=True)
     else:
         vocab = model.backend.vocab_size

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, the x-tandem-backend header, and the request body size limit."""
+"""ASGI middleware: request ids, the x-tandem-backend header, and the request body (size limit, Unicode)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError
 from gateway.metrics import NO_DEPLOYMENT, NO_TEAM, UNKNOWN_MODEL, GatewayMetrics
+from gateway.request_body import InvalidTextError, error_response, has_lone_surrogate, read_body, replay
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-tandem-backend"
 DEPLOYMENT_HEADER = "x-tandem-deployment"
 GATEWAY_BACKEND = "gateway"  # what x-tandem-backend says when no model backend was involved
 COUNTED_PREFIXES = ("/v1/", "/api/")  # API traffic; not /metrics, /health
+
+
+JSON_BODY_PREFIXES = ("/v1/", "/api/", "/admin/")
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+def _as_json_body(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Every body of tandem's APIs is JSON, whatever the Content-Type says: Ollama reads it so, `curl -d`
+    sends form encoding and LiteLLM's ollama providers send no type at all. A body that is not JSON then
+    fails as what it is ("could not parse the JSON body"), not as a wrong content type."""
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+    return [*kept, JSON_CONTENT_TYPE]
 
 
 class BodyTooLargeError(APIError):
@@ -33,6 +47,8 @@ class TandemHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"].startswith(JSON_BODY_PREFIXES) and scope["method"] in BODY_METHODS:
+            scope["headers"] = _as_json_body(scope["headers"])
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
@@ -65,19 +81,15 @@ class TandemHeadersMiddleware:
             await send(message)
 
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
-            await BodyTooLargeError(self.max_request_bytes).response()(scope, receive, send_with_headers)
+        read = None
+        if declared is None or not declared.isdigit() or int(declared) <= self.max_request_bytes:
+            read = await read_body(receive, self.max_request_bytes)  # counts a chunked body as it arrives
+        if read is None:
+            too_large = BodyTooLargeError(self.max_request_bytes)
+            await error_response(scope["path"], too_large)(scope, receive, send_with_headers)
             return
-
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_request_bytes:
-                    raise BodyTooLargeError(self.max_request_bytes)
-            return message
-
-        await self.app(scope, limited_receive, send_with_headers)
+        body, disconnect = read
+        if has_lone_surrogate(body):
+            await error_response(scope["path"], InvalidTextError())(scope, receive, send_with_headers)
+            return
+        await self.app(scope, replay(body, disconnect, receive), send_with_headers)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.openai_protocol import INT64_MAX, INT64_MIN, MAX_TOKEN_COUNT
 
 # The Ollama API version tandem implements; clients such as Open WebUI check it.
 OLLAMA_API_VERSION = "0.12.0"
@@ -17,24 +19,26 @@ def timestamp() -> str:
 
 class _Lenient(BaseModel):
     # Ollama ignores fields it does not know; clients send extras (e.g. "truncate", "shift").
-    model_config = ConfigDict(extra="ignore")
+    # NaN and infinities (Python's JSON parser accepts them) are no valid value of any field.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class OllamaOptions(BaseModel):
     """Runtime options. Ollama ignores options it cannot use (num_gpu, mirostat...); so does tandem."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOKEN_COUNT)
     min_p: float | None = Field(None, ge=0, le=1)
-    num_predict: int | None = Field(None, ge=-2)  # -1: until stop or context end; -2: fill the context
-    num_ctx: int | None = Field(None, gt=0)
+    # -1: until stop or context end; -2: fill the context
+    num_predict: int | None = Field(None, ge=-2, le=MAX_TOKEN_COUNT)
+    num_ctx: int | None = Field(None, gt=0, le=MAX_TOKEN_COUNT)
     repeat_penalty: float | None = Field(None, gt=0, le=10)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: list[str] | None = None
 
 
@@ -66,7 +70,7 @@ class GenerateRequest(_OllamaRequest):
     system: str | None = None
     template: str | None = None
     raw: bool = False
-    context: list[int] | None = None
+    context: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT)]] | None = None  # token ids
     think: bool | str | None = None
 
 
@@ -157,7 +161,7 @@ class EmbedRequest(_Lenient):
     model: str = Field(min_length=1)
     input: str | list[str]
     truncate: bool = True
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_TOKEN_COUNT)
     options: OllamaOptions | None = None
     keep_alive: str | int | float | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # Fields tandem does not implement: accepted only when null, else 400 naming them.
 UNSUPPORTED_CHAT_FIELDS = (
@@ -19,9 +19,17 @@ UNSUPPORTED_CHAT_FIELDS = (
 )
 
 
+# Every number a request carries is bounded here, at the edge: an out-of-range value is a 400 naming it,
+# never an overflow deep in a backend (a seed past 2^63 once killed the paged engine's thread).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds, as vLLM bounds them
+MAX_TOKEN_COUNT = 2**31 - 1  # token counts and top_k: far beyond any context, within every int32
+MAX_CHOICES = 128
+
+
 class _Request(BaseModel):
     # OpenAI answers 400 "Unrecognized request argument supplied" for unknown fields; so do we.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities (Python's JSON parser accepts them) are no valid value of any field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StreamOptions(_Request):
@@ -54,24 +62,33 @@ class ChatMessageIn(BaseModel):
 
 class _SamplingFields(_Request):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKEN_COUNT)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=128)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
     # vLLM / llama.cpp extras
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_TOKEN_COUNT)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKEN_COUNT)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_per_choice(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # choice i samples with seed + i: the last one must still be an int64
+        n = info.data.get("n", 1)
+        if value is not None and value + n - 1 > INT64_MAX:
+            raise ValueError(f"with n={n}, seed must be at most {INT64_MAX - n + 1} (seed + n - 1 in int64)")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -88,7 +105,7 @@ class _SamplingFields(_Request):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKEN_COUNT)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -112,7 +129,7 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
 
 
 # ---- responses -------------------------------------------------------------------------------------------
@@ -239,7 +256,7 @@ class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_TOKEN_COUNT)
     user: str | None = None
 
 

@@ -126,6 +126,7 @@ class PullStatus:
 
 PullEvent = FileProgress | PullStatus
 Reporter = Callable[[PullEvent], None]
+ByteCounter = Callable[[int], None]  # told each chunk's size as it arrives (gateway.pull_space.WriteMeter)
 
 
 def hub_error(exc: Exception, reference: HubReference, endpoint: str | None = None) -> PullError:
@@ -228,7 +229,7 @@ def plan_pull(reference: HubReference, root: Path, *, endpoint: str | None = Non
     return PullPlan(reference, info.sha, backend, tuple(files[p] for p in chosen), local_dir)
 
 
-def _progress_bar(file: HubFile, report: Reporter, started: list[bool]) -> type:
+def _progress_bar(file: HubFile, report: Reporter, started: list[bool], on_bytes: ByteCounter) -> type:
     """A tqdm stand-in for huggingface_hub: it only ever calls __init__, update, close and the context."""
 
     class Bar:
@@ -245,6 +246,7 @@ def _progress_bar(file: HubFile, report: Reporter, started: list[bool]) -> type:
 
         def update(self, n: int | float | None = 1) -> None:
             self.n += int(n or 0)
+            on_bytes(int(n or 0))  # may raise PullError 507: the pull grew past its disk allowance
             report(FileProgress(file, self.n, self.total))  # may raise PullCancelled: stops the transfer
 
         def close(self) -> None:
@@ -261,7 +263,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(plan: PullPlan, report: Reporter, *, endpoint: str | None = None) -> Path:
+def download(
+    plan: PullPlan, report: Reporter, *, endpoint: str | None = None, on_bytes: ByteCounter = lambda n: None
+) -> Path:
     """Fetch the plan's files into its local_dir, one at a time, and return the model's path.
 
     Files already there at the same commit are kept (no transfer); an interrupted transfer is resumed by
@@ -273,7 +277,7 @@ def download(plan: PullPlan, report: Reporter, *, endpoint: str | None = None) -
         try:
             path = Path(hf_hub_download(
                 plan.reference.repo_id, file.path, revision=plan.commit, local_dir=plan.local_dir,
-                endpoint=endpoint, tqdm_class=_progress_bar(file, report, fresh),
+                endpoint=endpoint, tqdm_class=_progress_bar(file, report, fresh, on_bytes),
             ))  # fmt: skip
         except PullCancelled:
             raise

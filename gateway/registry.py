@@ -3,12 +3,18 @@
 Models load on first use (concurrent requests wait for the one load), stay loaded for keep_alive after
 their last request (0: unload now; forever: never), at most `max_loaded_models` at once with the least
 recently used idle model evicted first, and never past a memory budget.
+
+A backend that fails (BackendState.FAILED: its in-flight requests already got their errors) is noticed
+by the next request for its model or by the reaper, whichever comes first: the model records the
+failure (/health answers 503 naming it), the failed backend is closed and the model loaded again in the
+background; requests meanwhile wait for that load. The failure is cleared once a load succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from backends.base import Backend, BackendUnavailableError, ModelInfo
+from backends.base import Backend, BackendState, BackendUnavailableError, ModelInfo
 from backends.inspect import inspect_model
 from gateway.config import ModelSpec
 from gateway.errors import APIError
@@ -30,6 +36,15 @@ class ModelState(StrEnum):
     UNLOADED = "unloaded"
     LOADING = "loading"
     LOADED = "loaded"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFailure:
+    """Why a model's backend failed, until it has been loaded again."""
+
+    error: str
+    at: float  # wall-clock time (time.time())
+    reload_error: str | None = None  # the reload failed too; the next request tries again
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,8 @@ class ManagedModel:
         self.last_used = 0.0
         self.expires_at: float | None = None  # monotonic deadline once idle; None: not scheduled to unload
         self.load_seconds = 0.0
+        self.failure: ModelFailure | None = None  # its backend failed and no load has succeeded since
+        self.failures = 0  # how many times its backend has failed
         files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
         self.size_bytes = sum(f.stat().st_size for f in files)
         self.created = int(path.stat().st_mtime)
@@ -177,6 +194,7 @@ class ModelManager:
         """Hold `model` loaded for one request, loading it first if needed."""
         keep = model.default_keep_alive_s if keep_alive_s is DEFAULT_KEEP_ALIVE else keep_alive_s
         started = time.perf_counter()
+        self.check_backend(model)
         while model.state is not ModelState.LOADED:
             if model.state is ModelState.UNLOADED:
                 async with self._lock:
@@ -198,13 +216,42 @@ class ModelManager:
             backend = await asyncio.to_thread(self._loader, model)
         except Exception as exc:
             model.state, model.load_task = ModelState.UNLOADED, None
+            if model.failure is not None:
+                model.failure = dataclasses.replace(model.failure, reload_error=str(exc))
             logger.error("model %r failed to load: %s", model.spec.name, exc)
             raise BackendUnavailableError(f"model {model.spec.name!r} failed to load: {exc}") from exc
-        model.backend, model.state = backend, ModelState.LOADED
+        model.backend, model.state, model.failure = backend, ModelState.LOADED, None
         model.load_seconds = time.perf_counter() - started
         model.last_used = time.monotonic()
         logger.info("model %r loaded in %.2fs", model.spec.name, model.load_seconds)
         return backend
+
+    # --- failed backends ---------------------------------------------------------------------------------
+    def check_backend(self, model: ManagedModel) -> None:
+        """If the model's backend has failed, record it and replace the backend (in the background)."""
+        backend = model.backend
+        if model.state is not ModelState.LOADED or backend is None:
+            return
+        health = backend.health
+        if health.state is not BackendState.FAILED:
+            return
+        model.failure = ModelFailure(health.error or "unknown error", time.time())
+        model.failures += 1
+        logger.error("model %r failed (%s): reloading it", model.spec.name, model.failure.error)
+        model.backend, model.state, model.expires_at = None, ModelState.LOADING, None
+        model.load_task = asyncio.create_task(self._reload(model, backend))
+        model.load_task.add_done_callback(_retrieve_error)  # a failed reload is logged and reported already
+
+    async def _reload(self, model: ManagedModel, failed: Backend) -> Backend:
+        try:
+            await failed.aclose()
+        except Exception:
+            logger.exception("closing the failed backend of %r", model.spec.name)
+        return await self._load(model)
+
+    def failed(self) -> list[ManagedModel]:
+        """Models whose backend failed and that have not been loaded again since."""
+        return [m for m in self._models if m.failure is not None]
 
     async def _make_room(self, model: ManagedModel) -> None:
         if model.estimated_bytes > self._memory_budget:
@@ -262,7 +309,8 @@ class ModelManager:
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
-            for model in self._models:
+            for model in list(self._models):
+                self.check_backend(model)
                 idle = model.state is ModelState.LOADED and model.in_use == 0
                 if idle and model.expires_at is not None and now >= model.expires_at:
                     await self.unload(model)
@@ -277,3 +325,8 @@ class ModelManager:
             if model.backend is not None:
                 with contextlib.suppress(Exception):
                     await self._unload(model)
+
+
+def _retrieve_error(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from backends.remote.upstream import UpstreamError
 from gateway.auth import Admission
 from gateway.deps import CallContext
-from gateway.dispatch import upstream_api_error
+from gateway.errors import upstream_api_error
 from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.routing import RemoteModel
 from gateway.streaming import SSE_DONE, SSE_HEADERS, stream_error
@@ -92,8 +93,14 @@ async def _streamed(
             yield SSE_DONE
         except UpstreamError as exc:  # too late for a status code: the error goes in the stream
             yield stream_error(upstream_api_error(exc))
+        except Exception as exc:  # whatever broke, the client learns the stream failed, not a cut-off body
+            yield stream_error(exc)
         finally:
             remote.in_flight -= 1
+            close = getattr(chunks, "aclose", None)  # a client gone mid-stream: hang up on the upstream now
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
             await admission.settle(prompt, completion)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -31,7 +31,8 @@ class RemoteModel:
             remote = self.spec.remote
             assert remote is not None
             key = os.environ.get(remote.api_key_env) if remote.api_key_env else None
-            config = UpstreamConfig(remote.api_base, remote.model, key, remote.provider, self.spec.timeout_s)
+            timeouts = remote.timeouts(self.spec.timeout_s)
+            config = UpstreamConfig(remote.api_base, remote.model, key, remote.provider, timeouts)
             self._upstream = RemoteUpstream(config) if remote.via_litellm else DirectUpstream(config)
         return self._upstream
 
@@ -52,7 +53,10 @@ class Deployment:
 
     @property
     def kind(self) -> str:
-        return "remote" if self.remote is not None else self.local.spec.backend  # type: ignore[union-attr]
+        if self.remote is not None:
+            return "remote"
+        assert self.local is not None and self.local.spec.backend is not None  # it runs somewhere
+        return self.local.spec.backend
 
     @property
     def in_flight(self) -> int:
@@ -145,7 +149,7 @@ class Router:
         elif spec.strategy == "latency":
             unknown = [d for d, _ in ready if d.latency_s is None]  # explore before exploiting
             order = unknown + sorted(
-                (d for d, _ in ready if d.latency_s is not None), key=lambda d: d.latency_s
+                (d for d, _ in ready if d.latency_s is not None), key=lambda d: d.latency_s or 0.0
             )
         else:
             order = self._weighted_order([(d, w) for d, w in ready if w > 0] or ready)

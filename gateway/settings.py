@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.auth.settings import AuthSettings
@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     home: Path = Field(Path("~/.cache/tandem"), description="where tandem keeps generated models")
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a connection whose request headers are not all in by then is closed"
+    )
     max_queued_requests: int = Field(
         64, ge=0, description="per model, requests waiting behind the running ones; beyond it 503"
     )
@@ -31,6 +34,12 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(3, gt=0, description="models loaded at once; the LRU idle one is evicted")
     memory_budget_gb: float | None = Field(
         None, gt=0, description="models are unloaded or refused before loading past this; default 80% of RAM"
+    )
+    pull_quota_gb: float | None = Field(
+        None, gt=0, description="disk all pulled models may take under home; default: the free disk"
+    )
+    drain_s: float = Field(
+        30, ge=0, le=3600, description="on SIGTERM, how long running requests may finish before streams end"
     )
 
     master_key: SecretStr | None = Field(
@@ -42,7 +51,14 @@ class Settings(BaseSettings):
     redis_failure_mode: Literal["fail_closed", "fail_open"] | None = Field(
         None, description="what to do when Redis is down (overrides auth.redis_failure_mode)"
     )
-    metrics_require_key: bool = Field(False, description="GET /metrics needs the master key")
+    metrics_open: bool = Field(
+        False,
+        description="with access control on, serve /metrics and /dashboard(.json) without a key (for a "
+        "Prometheus without credentials); off, they need the master key",
+    )
+    metrics_require_key: bool | None = Field(
+        None, description="replaced by metrics_open: true is the default now, false is refused"
+    )
 
     def auth_settings(self, configured: AuthSettings) -> AuthSettings:
         """The config file's `auth:` section with TANDEM_* environment values taking precedence."""
@@ -52,6 +68,18 @@ class Settings(BaseSettings):
             if getattr(self, name) is not None
         }
         return AuthSettings.model_validate({**configured.model_dump(), **overrides})
+
+    @field_validator("metrics_require_key")
+    @classmethod
+    def _replaced_by_metrics_open(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and info.data.get("metrics_open"):
+            raise ValueError("contradicts TANDEM_METRICS_OPEN=true; drop TANDEM_METRICS_REQUIRE_KEY")
+        if value is False:  # it used to open the metrics: say what does that now instead of ignoring it
+            raise ValueError(
+                "replaced by TANDEM_METRICS_OPEN: with access control on, /metrics and /dashboard need the "
+                "master key by default; TANDEM_METRICS_OPEN=true serves them without a key"
+            )
+        return value
 
     @field_validator("keep_alive")
     @classmethod

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from backends.base import Backend
+from backends.base import Backend, BackendCapabilities
 from backends.inspect import inspect_model
 from gateway.config import ConfigError, ModelSpec, Profile
 from gateway.durations import parse_keep_alive
@@ -27,26 +27,71 @@ REAL_MODEL = {"llamacpp": "a GGUF file", "paged": "a Hugging Face checkpoint dir
 def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
     """The model's path, generating the demo model there first if the entry asks for it."""
     path = spec.resolved_path()
-    if spec.demo and not path.exists():
-        expected = {"llamacpp": "model.gguf", "paged": "hf"}.get(spec.backend)
+    if spec.demo == "tiny" and not path.exists():
+        expected = {"llamacpp": "model.gguf", "paged": "hf"}.get(spec.backend or "")
         if path.name != expected:
             raise ConfigError(source, [(f"{key}.path", f"a demo model's path must end in /{expected}")])
         from backends.tiny_model import make_tiny_model
 
         logger.info("generating the demo model in %s (first use; no download)", path.parent)
         make_tiny_model(path.parent, arch="llama", seed=0)
+    elif spec.demo == "smollm2" and not path.exists():
+        if path.suffix != ".gguf":
+            raise ConfigError(source, [(f"{key}.path", "the smollm2 demo model's path must end in .gguf")])
+        from backends.demo_model import DemoModelError, ensure_demo_model
+
+        try:
+            ensure_demo_model(path)
+        except DemoModelError as exc:
+            raise ConfigError(source, [(f"{key}.path", str(exc))]) from None
     if not path.exists():
         raise ConfigError(source, [(f"{key}.path", f"no such file or directory: {path}")])
+    _check_format(spec, path, f"{key}.path", source)
     try:
         inspect_model(path)  # a cheap read of the header: a broken file fails now, not at first use
     except Exception as exc:
         raise ConfigError(
             source, [(f"{key}.path", f"cannot load {path}: not a readable model ({exc})")]
         ) from None
-    if spec.demo:
+    if spec.demo == "tiny":
         hint = DEMO_HINT.format(what=REAL_MODEL.get(spec.backend or "", "a model"))
         logger.info("model %r: demo model at %s. %s", spec.name, path, hint)
+    elif spec.demo == "smollm2":
+        logger.info("model %r: the demo model SmolLM2-135M-Instruct (Q4_1) at %s", spec.name, path)
     return path
+
+
+# What each backend reads: llama.cpp only GGUF files; the paged engine Hugging Face checkpoint directories
+# and GGUF files (dequantized at load).
+ACCEPTED_FORMATS = {"llamacpp": ("gguf",), "paged": ("checkpoint", "gguf")}
+FORMAT_NAMES = {"gguf": "a GGUF file", "checkpoint": "a Hugging Face checkpoint directory (config.json)"}
+
+
+def model_format(path: Path) -> str:
+    """'gguf', 'checkpoint' or 'unknown', from the path itself (a GGUF file starts with b"GGUF")."""
+    if path.is_dir():
+        return "checkpoint" if (path / "config.json").is_file() else "unknown"
+    try:
+        with path.open("rb") as file:
+            return "gguf" if file.read(4) == b"GGUF" else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _check_format(spec: ModelSpec, path: Path, key: str, source: str) -> None:
+    accepted = ACCEPTED_FORMATS.get(spec.backend or "")
+    found = model_format(path)
+    if accepted is None or found in accepted:
+        return
+    expected = " or ".join(FORMAT_NAMES[f] for f in accepted)
+    what = FORMAT_NAMES.get(found, "neither a GGUF file nor a checkpoint directory with a config.json")
+    hint = next(
+        (f"; {FORMAT_NAMES[found].split(' (')[0]} is served by backend: {other}"
+         for other, formats in ACCEPTED_FORMATS.items() if other != spec.backend and found in formats),
+        "",
+    )  # fmt: skip
+    problem = f"backend {spec.backend!r} expected {expected}, but {path} is {what}{hint}"
+    raise ConfigError(source, [(key, problem)])
 
 
 def load_backend(model: ManagedModel, settings: Settings) -> Backend:
@@ -74,6 +119,21 @@ def load_backend(model: ManagedModel, settings: Settings) -> Backend:
     raise NotImplementedError(f"backend {spec.backend!r} is not available in this version yet")
 
 
+def model_capabilities(model: ManagedModel) -> BackendCapabilities:
+    """The loaded backend's capabilities; before it loads, those its kind declares (torch-free)."""
+    if model.backend is not None:
+        return model.backend.capabilities
+    if model.spec.backend == "llamacpp":
+        from backends.llamacpp import CAPABILITIES as LLAMACPP
+
+        return LLAMACPP
+    if model.spec.backend == "paged":
+        from backends.paged import CAPABILITIES as PAGED
+
+        return PAGED
+    raise NotImplementedError(f"backend {model.spec.backend!r} is not available in this version yet")
+
+
 def _memory_budget(settings: Settings) -> int:
     if settings.memory_budget_gb is not None:
         return int(settings.memory_budget_gb * 2**30)
@@ -93,6 +153,9 @@ def _stored_models(
         elif spec.backend not in AVAILABLE_BACKENDS or not path.exists():
             logger.error("created model %r cannot be served: %s is missing or its backend is not available",
                          spec.name, path)  # fmt: skip
+        elif model_format(path) not in ACCEPTED_FORMATS.get(spec.backend or "", ()):
+            logger.error("created model %r cannot be served: %s is not a model file backend %r reads",
+                         spec.name, path, spec.backend)  # fmt: skip
         else:
             keep_alive = (
                 parse_keep_alive(spec.keep_alive) if spec.keep_alive is not None else default_keep_alive

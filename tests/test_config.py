@@ -84,7 +84,7 @@ def test_builtin_default_without_any_file(tmp_path):
     result = _tandem("models", cwd=tmp_path)  # no config/tandem.yaml here, no TANDEM_CONFIG
     assert result.returncode == 0, result.stderr
     assert BUILTIN_CONFIG_NAME in result.stdout
-    assert "tiny" in result.stdout and "default" in result.stdout
+    assert "smollm2" in result.stdout and "default" in result.stdout
 
 
 def test_repository_default_config_is_valid():
@@ -201,7 +201,7 @@ def test_serve_fails_at_start_with_the_message(tmp_path):
     junk = {"profiles": {"dev": {"models": [{"name": "a", "backend": "llamacpp", "path": str(not_a_model)}]}}}
     result = _tandem("serve", "--config", str(_write(tmp_path, junk, "junk.yaml")), "--port", "0")
     assert result.returncode == 2
-    assert "profiles.dev.models[0].path: cannot load" in result.stderr
+    assert "profiles.dev.models[0].path: backend 'llamacpp' expected a GGUF file" in result.stderr
     assert "Traceback" not in result.stderr
 
     result = _tandem("serve", "--config", str(tmp_path / "absent.yaml"))

@@ -11,6 +11,7 @@ import httpx
 import ollama
 import pytest
 
+from backends.base import BackendCapabilities, BackendHealth, BackendState
 from backends.stats import BackendStats
 from gateway.config import ModelSpec
 from gateway.errors import APIError
@@ -102,7 +103,8 @@ def test_invalid_keep_alive_is_a_400(two_model_server):
 
 class _StandInBackend:
     kind = "llamacpp"
-    unsupported_features = frozenset()
+    capabilities = BackendCapabilities()
+    health = BackendHealth(BackendState.READY)
 
     def __init__(self) -> None:
         self.closed = False

@@ -101,7 +101,7 @@ def test_created_models_persist_across_restarts(store_server, tiny_llama, tmp_pa
     server, workdir = store_server
     client = ollama.Client(host=server.base_url)
     client.create(model="keeper", from_="tiny", system="Remember me.")
-    assert (workdir / "home" / "models" / "created" / "keeper.json").exists()
+    assert (workdir / "home" / "models" / "created" / "dev" / "keeper.json").exists()  # its profile's
     config = {"profile": "dev", "profiles": {"dev": {"models": [model_entry(tiny_llama, "dev")]}}}
     again = start_server(config, workdir)  # same TANDEM_HOME
     try:

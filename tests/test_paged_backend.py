@@ -73,7 +73,8 @@ def test_load_and_protocol(tiny_llama):
         backend = PagedBackend.load(tiny_llama.hf_dir, CONFIG, "tiny")
         try:
             assert isinstance(backend, Backend)
-            assert backend.kind == "paged" and backend.unsupported_features == frozenset()
+            assert backend.kind == "paged" and not backend.capabilities.embeddings
+            assert backend.capabilities.logprobs and backend.capabilities.structured_output
             assert backend.context_length == 64 * 8  # capped by the KV pool
             text = backend.apply_chat_template([ChatMessage("user", "hello")])
             assert text == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"

@@ -61,7 +61,8 @@ def pull_server(hub, tiny_llama, tmp_path_factory):
 
 
 def _stored(workdir, name: str) -> dict:
-    return json.loads((workdir / "home" / "models" / "created" / f"{name}.json").read_text())
+    """The record a pull made, in the store of the profile it was made in (dev)."""
+    return json.loads((workdir / "home" / "models" / "created" / "dev" / f"{name}.json").read_text())
 
 
 def _pull(server, **body) -> httpx.Response:

@@ -12,10 +12,13 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from backends.llamacpp.native_log import route_native_logs
+
 
 class LlamaEmbedder:
     def __init__(self, path: Path, context_length: int, threads: int) -> None:
         metadata_pooling = _declared_pooling(path)
+        route_native_logs()
         self._llm = llama_cpp.Llama(
             model_path=str(path),
             embedding=True,
@@ -25,7 +28,10 @@ class LlamaEmbedder:
             n_threads=threads,
             n_threads_batch=threads,
             pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN if metadata_pooling is None else metadata_pooling,
-            verbose=False,
+            verbose=True,  # verbose=False swaps fds 1 and 2 under other threads' feet: see native_log
+            # tandem renders chat templates itself; naming a format skips llama-cpp-python's guess, which
+            # would print the whole template to stderr on every load (verbose)
+            chat_format="chatml",
         )
         self.context_length = context_length
         self.dimensions = self._llm.n_embd()

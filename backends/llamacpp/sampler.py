@@ -34,7 +34,8 @@ class SequenceSampler:
         self, params: SamplingParams, prompt_ids: Iterable[int], vocab_size: int, eos_ids: Iterable[int]
     ) -> None:
         self.params = params
-        self._rng = np.random.default_rng(params.seed)
+        # any int: numpy takes no negative seed, OpenAI and vLLM accept any int64 (mod 2^64, as torch does)
+        self._rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         self._vocab_size = vocab_size
         self._seen = np.zeros(vocab_size, dtype=bool)  # prompt + output, for the repetition penalty
         ids = np.fromiter((t for t in prompt_ids if 0 <= t < vocab_size), dtype=np.int64)

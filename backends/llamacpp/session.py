@@ -9,10 +9,29 @@ import llama_cpp
 import numpy as np
 
 from backends.base import FinishReason, GenerationChunk, GenerationRequest, StructuredOutput, TokenLogprob
+from backends.llamacpp.native_log import route_native_logs
 from backends.llamacpp.sampler import SampledToken, SequenceSampler
 from backends.streams import ChunkSink
 from backends.structured import GrammarMatcher, InvalidStructuredOutputError, StructuredCompiler, Vocabulary
 from backends.text_stream import TextAssembler
+
+_PIECE_BUFFER = 64  # most pieces fit; a longer one says how long it is and is fetched again
+
+
+def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, *, special: bool) -> bytes:
+    """One token's bytes (special: render control tokens' text too).
+
+    Not Llama.detokenize: llama-cpp-python 0.3.36 gives it a 32-byte buffer and drops a longer piece
+    entirely (runs of spaces in Llama 3's and Qwen2's vocabularies: indented code lost its indentation).
+    llama_token_to_piece returns minus the size it needs when the buffer is too small.
+    """
+    size = _PIECE_BUFFER
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n
 
 
 class LlamaSession:
@@ -31,12 +50,16 @@ class LlamaSession:
 
     @classmethod
     def open(cls, path: Path, *, context_length: int | None, threads: int) -> LlamaSession:
+        route_native_logs()
         llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=context_length or 0,  # 0: the model's trained context
             n_threads=threads,
             n_threads_batch=threads,
-            verbose=False,
+            verbose=True,  # verbose=False swaps fds 1 and 2 under other threads' feet: see native_log
+            # tandem renders chat templates itself; naming a format skips llama-cpp-python's guess, which
+            # would print the whole template to stderr on every load (verbose)
+            chat_format="chatml",
         )
         return cls(llm, path, threads)
 
@@ -55,7 +78,7 @@ class LlamaSession:
     def _special_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+        return token_piece(self._vocab, token, special=True).decode("utf-8", errors="replace")
 
     @property
     def bos_text(self) -> str:
@@ -76,11 +99,11 @@ class LlamaSession:
     def _token_bytes(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)
         if piece is None:
-            piece = self._piece_cache[token] = self._llm.detokenize([token], special=False)
+            piece = self._piece_cache[token] = token_piece(self._vocab, token, special=False)
         return piece
 
     def _token_text(self, token: int) -> str:
-        return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+        return token_piece(self._vocab, token, special=True).decode("utf-8", errors="replace")
 
     def _eval_prompt(self, prompt: list[int]) -> None:
         """Evaluate the prompt, reusing the KV of the longest prefix shared with the previous request."""

@@ -6,6 +6,11 @@ side), steps once, and hands each request's output to that request's asyncio que
 call_soon_threadsafe per event loop per step. Detokenization stays off the engine thread: each stream
 turns token bytes into text with TextAssembler (UTF-8 holdback, stop strings) as its consumer reads, and
 aborts its request in the engine when a stop string ends it or when it is closed, cancelled or dropped.
+
+Faults: an exception while admitting one request, or one the engine pins on one sequence, fails that
+request only (GenerationFailedError). Anything else (a failed step, an error in this loop) leaves the
+engine's state unknown: the backend turns FAILED, fails every request in flight at once with
+BackendUnavailableError, refuses new ones, and its thread ends; the ModelManager then reloads the model.
 """
 
 from __future__ import annotations
@@ -22,15 +27,20 @@ from pathlib import Path
 from typing import ClassVar
 
 from backends.base import (
+    BackendCapabilities,
     BackendError,
-    BackendUnavailableError,
+    BackendHealth,
+    BackendState,
     ChatMessage,
     FinishReason,
     GenerationChunk,
+    GenerationFailedError,
     GenerationRequest,
     QueueFullError,
     TokenLogprob,
 )
+from backends.lifecycle import Lifecycle
+from backends.paged import CAPABILITIES
 from backends.paged.config import EngineConfig
 from backends.paged.engine import LLMEngine, RequestOutput
 from backends.paged.tokenizer import Tokenizer
@@ -134,8 +144,7 @@ def _put_all(batch: list[tuple[_Sink, _Item]]) -> None:
 
 class PagedBackend:
     kind: ClassVar[str] = "paged"
-    unsupported_features: ClassVar[frozenset[str]] = frozenset()
-    supports_embeddings: ClassVar[bool] = False
+    capabilities: ClassVar[BackendCapabilities] = CAPABILITIES
 
     def __init__(self, engine: LLMEngine, tokenizer: Tokenizer, model_name: str) -> None:
         self._engine = engine
@@ -146,15 +155,23 @@ class PagedBackend:
         self._pending_adds: dict[str, tuple[GenerationRequest, _Sink]] = {}  # guarded by _cond
         self._pending_aborts: list[str] = []  # guarded by _cond
         self._closed = False  # guarded by _cond
+        self._lifecycle = Lifecycle(model_name)
         self._sinks: dict[str, _Sink] = {}  # engine thread only (and aclose, after the join)
         self._thread = threading.Thread(target=self._run, name=f"paged-engine[{model_name}]", daemon=True)
         self._thread.start()
 
     @classmethod
     def load(cls, path: str | Path, config: EngineConfig, model_name: str) -> PagedBackend:
-        """Load a Hugging Face checkpoint directory (blocking: call it from a worker thread)."""
+        """Load a Hugging Face checkpoint directory or a GGUF file (blocking: run it in a worker thread)."""
+        from backends.paged.gguf_engine import engine_from_gguf
+        from backends.paged.loader import is_gguf
+
         started = time.perf_counter()
-        engine = LLMEngine.from_pretrained(path, config, model_name)
+        path = Path(path)
+        if is_gguf(path):
+            engine = engine_from_gguf(path, config, model_name)
+        else:
+            engine = LLMEngine.from_pretrained(path, config, model_name)
         assert engine.tokenizer is not None
         # Startup objects (modules, the model, the pools) live as long as the process: keep them out of
         # the collector's full passes, which would otherwise stall steps for tens of milliseconds.
@@ -171,8 +188,18 @@ class PagedBackend:
         return self._engine.max_model_len
 
     @property
+    def health(self) -> BackendHealth:
+        if self._lifecycle.health.state is BackendState.READY and not self._thread.is_alive():
+            self._fail(RuntimeError("the engine thread is gone"))  # cannot happen: _run catches everything
+        return self._lifecycle.health
+
+    @property
     def vocab_size(self) -> int:
         return self._engine.vocab_size
+
+    @property
+    def max_requests(self) -> int:
+        return self._engine.config.max_waiting_requests  # every request waits first, even with free slots
 
     @property
     def engine(self) -> LLMEngine:
@@ -217,21 +244,24 @@ class PagedBackend:
             if self._closed:
                 return
             self._closed = True
+            self._lifecycle.close()
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
         ended = [sink for _, sink in self._pending_adds.values()] + list(self._sinks.values())
         self._pending_adds.clear()
         self._sinks.clear()
-        for sink in ended:
-            self._engine.abort(sink.request_id)
+        if self._lifecycle.health.state is not BackendState.FAILED:  # a failed engine is not touched
+            for sink in ended:
+                self._engine.abort(sink.request_id)
         self._deliver([(sink, RequestOutput(sink.request_id, [], FinishReason.ABORT)) for sink in ended])
         gc.unfreeze()  # what load() froze may now be garbage (an unloaded model): let the collector see it
 
     # --- any thread --------------------------------------------------------------------------------------
     def _admission_error(self, request: GenerationRequest) -> BackendError | None:
         """Called with the lock held."""
-        if self._closed:
-            return BackendUnavailableError(f"model {self.model_name!r} is shutting down")
+        refusal = self._lifecycle.refusal()
+        if refusal is not None:
+            return refusal
         if request.request_id in self._pending_adds:
             return BackendError(f"request id {request.request_id!r} is already in use")
         queued = self._engine.scheduler.num_waiting + len(self._pending_adds)
@@ -241,12 +271,18 @@ class PagedBackend:
 
     def _abort(self, request_id: str) -> None:
         with self._cond:
-            if self._pending_adds.pop(request_id, None) is None and not self._closed:
+            if self._pending_adds.pop(request_id, None) is None and self._lifecycle.refusal() is None:
                 self._pending_aborts.append(request_id)
                 self._cond.notify()
 
     # --- engine thread -----------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the step, or this loop itself: nobody may be left waiting
+            self._fail(exc)
+
+    def _loop(self) -> None:
         engine = self._engine
         while True:
             with self._cond:
@@ -260,11 +296,7 @@ class PagedBackend:
                 self._pending_adds.clear()
                 aborts, self._pending_aborts = self._pending_aborts, []
             for request, sink in adds:
-                try:
-                    engine.add_request(request)
-                    self._sinks[request.request_id] = sink
-                except BackendError as exc:
-                    self._deliver([(sink, exc)])
+                self._admit(request, sink)
             for request_id in aborts:
                 generated = engine.abort(request_id)
                 if generated is not None:
@@ -273,28 +305,51 @@ class PagedBackend:
             if engine.has_unfinished():
                 self._step()
 
-    def _step(self) -> None:
+    def _admit(self, request: GenerationRequest, sink: _Sink) -> None:
+        """One request's admission: whatever goes wrong is that request's alone."""
         try:
-            outputs = self._engine.step()
-        except Exception as exc:  # a failed step must not leave every client waiting forever
-            log.exception("engine step failed; aborting all requests")
-            failed = list(self._sinks.values())
-            self._sinks.clear()
-            for sink in failed:
-                self._engine.abort(sink.request_id)
-            error = BackendUnavailableError(f"the engine failed: {exc}")
-            self._deliver([(sink, error) for sink in failed])
-            return
+            self._engine.add_request(request)
+        except BackendError as exc:
+            self._deliver([(sink, exc)])
+        except Exception as exc:
+            log.exception("request %s could not be admitted", request.request_id)
+            self._deliver([(sink, GenerationFailedError(f"the request could not be admitted: {exc!r}"))])
+        else:
+            self._sinks[request.request_id] = sink
+
+    def _step(self) -> None:
         batch: list[tuple[_Sink, _Item]] = []
-        for out in outputs:
+        for out in self._engine.step():  # raises: _run fails the backend
             sink = self._sinks.get(out.request_id)
-            if sink is not None:
-                if out.finish_reason is not None:
-                    del self._sinks[out.request_id]
-                batch.append((sink, out))
+            if sink is None:
+                continue
+            if out.finish_reason is not None:
+                del self._sinks[out.request_id]
+            item: _Item = (
+                out if out.error is None else GenerationFailedError(f"generation failed: {out.error}")
+            )
+            batch.append((sink, item))
         self._deliver(batch)
 
-    def _deliver(self, batch: list[tuple[_Sink, _Item]]) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        """The engine's state is unknown: fail every request in flight now; the thread then ends."""
+        self._lifecycle.fail(f"{type(exc).__name__}: {exc}")  # before draining: see Lifecycle
+        with self._cond:
+            pending = [sink for _, sink in self._pending_adds.values()]
+            self._pending_adds.clear()
+            self._pending_aborts.clear()
+        failed = pending + list(self._sinks.values())
+        self._sinks.clear()
+        log.error(
+            "model %r: the engine failed; failing its %d requests in flight",
+            self.model_name,
+            len(failed),
+            exc_info=exc,
+        )
+        refusal = self._lifecycle.refusal()
+        self._deliver([(sink, refusal) for sink in failed if refusal is not None], abort=False)
+
+    def _deliver(self, batch: list[tuple[_Sink, _Item]], abort: bool = True) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, _Item]]] = defaultdict(list)
         for sink, item in batch:
             by_loop[sink.loop].append((sink, item))
@@ -303,5 +358,6 @@ class PagedBackend:
                 loop.call_soon_threadsafe(_put_all, items)
             except RuntimeError:  # that loop is closed: nobody is listening, stop the work
                 for sink, _ in items:
-                    self._engine.abort(sink.request_id)
+                    if abort:
+                        self._engine.abort(sink.request_id)
                     self._sinks.pop(sink.request_id, None)

@@ -26,6 +26,10 @@ from backends.structured import GrammarMatcher, StructuredCompiler, Vocabulary
 
 log = logging.getLogger("tandem.paged")
 
+# A generator takes 64 bits. Any int maps onto them (as torch.manual_seed maps negatives): OpenAI and vLLM
+# accept any int64 seed, and choice i of n samples with seed + i, which may pass 2^63.
+_SEED_BITS = 2**64
+
 
 class RequestRejectedError(BackendError, ValueError):
     """The request cannot be served as given (too long, empty, unknown token ids, duplicate id)."""
@@ -39,12 +43,16 @@ class TokenLogprobs:
 
 @dataclass(slots=True)
 class RequestOutput:
-    """What one request produced in one step. finish_reason STOP means the last token is a stop token."""
+    """What one request produced in one step. finish_reason STOP means the last token is a stop token.
+
+    `error`: the request failed in this step (finish_reason ABORT, its blocks freed); the engine serves on.
+    """
 
     request_id: str
     new_token_ids: list[int]
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprobs] | None = None
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -162,12 +170,14 @@ class LLMEngine:
         if self.scheduler.is_full:
             raise QueueFullError(self.model_name)
         seed = request.sampling.seed
+        # Everything that may fail for this request's own reasons happens before it is registered, so a
+        # failed admission leaves no trace in the engine.
         seq = Sequence(
             request.request_id,
             list(request.prompt_token_ids),
             request.sampling,
             arrival=next(self._arrivals),
-            generator=None if seed is None else self.runner.make_generator(seed),
+            generator=None if seed is None else self.runner.make_generator(seed % _SEED_BITS),
             grammar=self._matcher(request.sampling.structured) if request.sampling.structured else None,
             arrival_time=time.monotonic(),
         )
@@ -251,15 +261,25 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         for row, (seq, token_id) in enumerate(zip(seqs, token_ids, strict=True)):
             seq.append_token(token_id)
-            reason = self._finish_reason(seq, token_id)
-            if seq.grammar is not None:
-                reason = self._grammar_finish(seq, token_id) or reason
+            try:
+                reason = self._finish_reason(seq, token_id)
+                if seq.grammar is not None:
+                    reason = self._grammar_finish(seq, token_id) or reason
+            except Exception as exc:  # this sequence's own state (its grammar): fail it, not the batch
+                log.exception("request %s failed after token %d", seq.request_id, token_id)
+                self._fail_request(seq)
+                outputs.append(RequestOutput(seq.request_id, [], FinishReason.ABORT, error=repr(exc)))
+                continue
             self._observe_token(seq, reason is not None, now)
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 del self._requests[seq.request_id]
             outputs.append(RequestOutput(seq.request_id, [token_id], reason, logprobs[row]))
         return outputs
+
+    def _fail_request(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq, FinishReason.ABORT)
+        self._requests.pop(seq.request_id, None)
 
     @staticmethod
     def _logprobs(seqs: list[Sequence], sampled: SamplerOutput | None) -> list[list[TokenLogprobs] | None]:

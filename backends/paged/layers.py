@@ -101,6 +101,8 @@ def rope_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Neox / Hugging Face rotate_half rotary embedding over a positions tensor, from a cos/sin table."""
 
+    cos_sin: torch.Tensor  # a buffer (register_buffer below): declared so its type is known
+
     def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig) -> None:
         super().__init__()
         self.head_dim = head_dim

@@ -1,4 +1,5 @@
-"""Build the model on the meta device, then fill it straight from safetensors (or with random weights)."""
+"""Build the model on the meta device, then fill it straight from safetensors, from a GGUF file (dequantized),
+or with random weights."""
 
 from __future__ import annotations
 
@@ -45,7 +46,18 @@ def expected_entries(model: CausalLM) -> set[str]:
     return entries
 
 
+def is_gguf(path: Path) -> bool:
+    """A GGUF file (by its magic, whatever its name) rather than a checkpoint directory."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return file.read(4) == b"GGUF"
+
+
 def load_checkpoint(path: Path, dtype: torch.dtype, device: torch.device) -> CausalLM:
+    """A Hugging Face checkpoint directory, or a GGUF file."""
+    if is_gguf(path):
+        return load_gguf(path, dtype, device)
     cfg = ModelConfig.from_dir(path)
     model = empty_model(cfg, dtype, device)
     loaded: set[str] = set()
@@ -57,6 +69,28 @@ def load_checkpoint(path: Path, dtype: torch.dtype, device: torch.device) -> Cau
                     entry = model.load_weight(name, f.get_tensor(name))
                     if entry is not None:
                         loaded.add(entry)
+    return _complete(model, loaded, path)
+
+
+def load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> CausalLM:
+    """Every tensor dequantized to float32 on the CPU, one at a time, then copied into its parameter."""
+    from backends.paged.gguf_config import model_config_from_gguf, open_gguf
+    from backends.paged.gguf_weights import check_tensor_types, gguf_weights
+
+    file = open_gguf(path)
+    cfg = model_config_from_gguf(file)
+    check_tensor_types(file)  # before allocating anything
+    model = empty_model(cfg, dtype, device)
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for name, values in gguf_weights(file, cfg):
+            entry = model.load_weight(name, torch.from_numpy(values).to(device))
+            if entry is not None:
+                loaded.add(entry)
+    return _complete(model, loaded, path)
+
+
+def _complete(model: CausalLM, loaded: set[str], path: Path) -> CausalLM:
     missing = expected_entries(model) - loaded
     if missing:
         raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {sorted(missing)[:5]}")

@@ -112,7 +112,8 @@ class CausalLM(nn.Module):
         return torch.nn.functional.linear(hidden, weight).float()
 
     def attention_layers(self) -> list[PagedAttention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
+        """In layer order (modules() walks them as registered)."""
+        return [module for module in self.modules() if isinstance(module, PagedAttention)]
 
     def init_buffers(self) -> None:
         """Compute non-persistent buffers once the parameters live on their device."""

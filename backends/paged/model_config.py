@@ -58,8 +58,25 @@ class ModelConfig:
         return cls.from_hf(json.loads((path / "config.json").read_text()))
 
     @classmethod
+    def from_gguf(cls, path: Path) -> ModelConfig:
+        """From a GGUF file's metadata (see gguf_config; reads no weights)."""
+        from backends.paged.gguf_config import model_config_from_gguf, open_gguf
+
+        return model_config_from_gguf(open_gguf(path))
+
+    @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
         arch = cfg.get("model_type", "")
+        quantization = cfg.get("quantization_config")
+        if quantization is not None:
+            # The engine holds plain dense weights: a quantized checkpoint has no `weight` tensors to load.
+            method = (
+                quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
+            )
+            raise UnsupportedModelError(
+                f"quantized checkpoint (quantization_config.quant_method {method!r}) is not supported by the "
+                "paged engine: use the unquantized checkpoint, or a GGUF file (dequantized at load)"
+            )
         if arch not in SUPPORTED_ARCHS:
             raise UnsupportedModelError(
                 f"model_type {arch!r} is not supported (supported: {SUPPORTED_ARCHS})"

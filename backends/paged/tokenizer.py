@@ -11,13 +11,13 @@ from typing import Any
 import tokenizers
 
 from backends.base import ChatMessage
-from backends.chat_template import ChatTemplate
+from backends.chat_template import ChatTemplate, ChatTemplateError
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 @cache
-def _gpt2_unicode_to_byte() -> dict[str, int]:
+def gpt2_unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: the printable stand-in character of every byte."""
     printable = [
         *range(ord("!"), ord("~") + 1),
@@ -48,7 +48,7 @@ def _token_bytes_table(tok: tokenizers.Tokenizer, spec: dict[str, Any], size: in
     """Bytes each token id contributes to the output text; special tokens contribute nothing."""
     table = [b""] * size
     byte_level = _is_byte_level(spec)
-    u2b = _gpt2_unicode_to_byte()
+    u2b = gpt2_unicode_to_byte()
     for piece, token_id in tok.get_vocab(with_added_tokens=False).items():
         if token_id >= size:
             continue
@@ -154,5 +154,8 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[ChatMessage]) -> str:
         if self._chat_template is None:
-            raise ValueError("this model has no chat template")
+            raise ChatTemplateError(
+                "this model has no chat template (none in tokenizer_config.json, no chat_template.jinja); "
+                "use /v1/completions"
+            )
         return self._chat_template.render(messages, add_generation_prompt=True)

@@ -6,11 +6,14 @@ tokenization and sampling, tandem forwards the request and passes the answer thr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from backends.base import BackendError
 
@@ -35,12 +38,26 @@ class UpstreamError(BackendError):
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    """Separate deadlines, as nginx's proxy_*_timeout and LiteLLM's: one total deadline would cut healthy
+    long streams, and none at all lets an upstream that went silent hold its client forever."""
+
+    connect_s: float = 10.0  # to open the TCP (and TLS) connection
+    first_byte_s: float = 600.0  # to the answer's first byte; for a stream, its first event (prefill time)
+    idle_s: float = 60.0  # between two pieces of the answer once it started
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     api_base: str
     model: str | None  # the upstream's name for the model; None: the name the client asked for
     api_key: str | None
     provider: str = "openai"  # litellm's provider prefix: openai-compatible by default
-    timeout_s: float | None = None
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+
+
+def timeout_error(message: str) -> UpstreamError:
+    return UpstreamError(504, message, "upstream_timeout")
 
 
 def _litellm():
@@ -87,15 +104,16 @@ class RemoteUpstream:
         self._litellm = _litellm()
 
     def _arguments(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        config = self.config
+        config, timeouts = self.config, self.config.timeouts
         arguments: dict[str, Any] = {
             "model": f"{config.provider}/{config.model or requested_model}",
             "api_base": config.api_base,
             "api_key": config.api_key or "unused",  # OpenAI-compatible servers without keys accept any
-            "timeout": config.timeout_s,
+            # httpx's read timeout is per read: the first byte's is the longer one; ours below tell them apart
+            "timeout": httpx.Timeout(max(timeouts.first_byte_s, timeouts.idle_s), connect=timeouts.connect_s),
             "max_retries": 0,  # tandem's router retries, on another deployment if there is one
         }
-        extra = {}
+        extra: dict[str, Any] = {}
         for name, value in payload.items():
             if name in ("model", "stream"):
                 continue
@@ -106,64 +124,100 @@ class RemoteUpstream:
             arguments["extra_body"] = extra
         return arguments
 
-    async def chat(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    async def _answer(self, call: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+        """A whole (unstreamed) answer: it comes in one piece, so within the first byte's deadline."""
+        seconds = self.config.timeouts.first_byte_s
         try:
-            response = await self._litellm.acompletion(
-                **self._arguments(requested_model, payload), stream=False
-            )
+            async with asyncio.timeout(seconds):
+                response = await _retrying_stale(call)
+        except TimeoutError:
+            raise timeout_error(f"the upstream did not answer within {seconds:g}s") from None
         except Exception as exc:
             raise _error(exc) from exc
         return _clean(response.model_dump(exclude_none=True))
+
+    async def chat(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        arguments = self._arguments(requested_model, payload)
+        return await self._answer(lambda: self._litellm.acompletion(**arguments, stream=False))
 
     async def chat_stream(
         self, requested_model: str, payload: Mapping[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
         """Opens the stream now (so a refusal surfaces before any response starts) and yields its chunks."""
-        return await _open(
-            self._litellm.acompletion(**self._arguments(requested_model, payload), stream=True)
-        )
+        arguments = self._arguments(requested_model, payload)
+        return await _open(lambda: self._litellm.acompletion(**arguments, stream=True), self.config.timeouts)
 
     async def completion_stream(
         self, requested_model: str, payload: Mapping[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
         arguments = self._arguments(requested_model, payload)
-        return await _open(self._litellm.atext_completion(**arguments, stream=True))
+        return await _open(
+            lambda: self._litellm.atext_completion(**arguments, stream=True), self.config.timeouts
+        )
 
     async def completion(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._litellm.atext_completion(**self._arguments(requested_model, payload))
-        except Exception as exc:
-            raise _error(exc) from exc
-        return _clean(response.model_dump(exclude_none=True))
+        arguments = self._arguments(requested_model, payload)
+        return await self._answer(lambda: self._litellm.atext_completion(**arguments))
 
     async def aclose(self) -> None:
         """litellm keeps its own client cache; nothing of ours to close."""
 
     async def embedding(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._litellm.aembedding(**self._arguments(requested_model, payload))
-        except Exception as exc:
-            raise _error(exc) from exc
-        return _clean(response.model_dump(exclude_none=True))
+        arguments = self._arguments(requested_model, payload)
+        return await self._answer(lambda: self._litellm.aembedding(**arguments))
 
 
-async def _open(opening: Any) -> AsyncIterator[dict[str, Any]]:
+async def _retrying_stale(call: Callable[[], Awaitable[Any]]) -> Any:
+    """Once more when the connection broke before any answer: most often a pooled keep-alive connection the
+    upstream had closed meanwhile (httpx and litellm, with max_retries 0, do not retry it themselves)."""
     try:
-        iterator = (await opening).__aiter__()
-        first = await iterator.__anext__()
+        return await call()
+    except Exception as exc:
+        if not _connection_broke(exc):
+            raise
+        logger.info("upstream connection broke before an answer (%s): retrying", exc)
+    return await call()
+
+
+def _connection_broke(exc: BaseException | None) -> bool:
+    """Whether openai's APIConnectionError (not its timeout) is in the chain: litellm re-raises it wrapped,
+    as an InternalServerError."""
+    while exc is not None:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "APIConnectionError" in names:
+            return "APITimeoutError" not in names
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+async def _open(
+    opening: Callable[[], Awaitable[Any]], timeouts: UpstreamTimeouts
+) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async with asyncio.timeout(timeouts.first_byte_s):
+            iterator = (await _retrying_stale(opening)).__aiter__()
+            first = await iterator.__anext__()
     except StopAsyncIteration:
         first, iterator = None, None
+    except TimeoutError:
+        raise timeout_error(f"the upstream sent nothing within {timeouts.first_byte_s:g}s") from None
     except Exception as exc:
         raise _error(exc) from exc
-    return _chunks(first, iterator)
+    return _chunks(first, iterator, timeouts.idle_s)
 
 
-async def _chunks(first: Any, iterator: Any) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(first: Any, iterator: Any, idle_s: float) -> AsyncIterator[dict[str, Any]]:
     if first is None:
         return
     yield _clean(first.model_dump(exclude_none=True))
-    try:
-        async for chunk in iterator:
-            yield _clean(chunk.model_dump(exclude_none=True))
-    except Exception as exc:
-        raise _error(exc) from exc
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise timeout_error(f"the upstream's stream went silent for {idle_s:g}s") from None
+        except Exception as exc:
+            raise _error(exc) from exc
+        yield _clean(chunk.model_dump(exclude_none=True))

@@ -188,6 +188,7 @@ async def open_access(settings: AuthSettings, *, on_rejected: RejectionHook | No
             timeout_s=settings.redis_timeout_s,
             prefix=settings.redis_prefix,
             usage_retention_days=settings.usage_retention_days,
+            retry_s=settings.redis_retry_s,
         )
         try:
             await store.ping()

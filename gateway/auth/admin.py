@@ -50,7 +50,8 @@ async def _stored(operation: Awaitable[T]) -> T:
 @admin_router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, access: AdminAccess) -> KeyCreated:
     """A new API key. The response is the only time the key itself is shown."""
-    return await _stored(access.admin.create_key(body))
+    created = await _stored(access.admin.create_key(body))
+    return created if access.enabled else created.model_copy(update={"enforced": False})
 
 
 @admin_router.get("/keys")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
 class Admission:
@@ -12,7 +13,7 @@ class Admission:
     def __init__(
         self,
         headers: dict[str, str],
-        settle: Callable[[int, int], Awaitable[None]],
+        settle: Callable[[int, int], Coroutine[Any, Any, None]],
         background: set[asyncio.Task[None]],
     ) -> None:
         self.headers = headers

@@ -67,8 +67,9 @@ def _limits_from(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     models = [glob.strip() for glob in (args.models or "").split(",") if glob.strip()]
     body = KeyCreate(
-        name=args.name, team=args.team, models=models, expires_in=args.expires, **_limits_from(args)
-    )
+        name=args.name, team=args.team, models=models, expires_in=args.expires,
+        manage_models=args.manage_models, **_limits_from(args),
+    )  # fmt: skip
     created = _call(args, "POST", "/admin/keys", KeyCreated, json=body.model_dump(exclude_none=True))
     # the key alone on stdout (KEY=$(tandem keys create ...) works); the rest on stderr
     print(created.key)
@@ -77,6 +78,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         "Save it now: tandem keeps only its hash and cannot show it again.",
         file=sys.stderr,
     )
+    if not created.enforced:
+        print(
+            "warning: access control is off on this server (no master key is set), so this key does "
+            "nothing yet: every request is served without a key. Set TANDEM_MASTER_KEY (or auth.master_key) "
+            "and restart tandem to enforce keys.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -86,7 +94,7 @@ def _print_keys(keys: Sequence[KeyInfo]) -> None:
     ]
     for key in keys:
         expires = key.expires_at.strftime("%Y-%m-%d %H:%M") if key.expires_at else "-"
-        models = ",".join(key.models) or "*"
+        models = (",".join(key.models) or "*") + (" +manage" if key.manage_models else "")
         rows.append(
             [
                 key.id,
@@ -210,6 +218,10 @@ def add_cli_commands(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--team")
     create.add_argument("--models", help="comma-separated globs the key may call, e.g. 'qwen*,llama-3*'")
     create.add_argument("--expires", help="lifetime, e.g. 30d (default: never)")
+    create.add_argument(
+        "--manage-models", dest="manage_models", action="store_true",
+        help="the key may pull, create, copy and delete models (default: only the master key may)",
+    )  # fmt: skip
     _with_limits(create)
     create.set_defaults(handler=_reporting(cmd_keys_create))
     listing = key_commands.add_parser("list", parents=[url], help="keys by id and prefix (never the secret)")

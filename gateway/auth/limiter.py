@@ -113,7 +113,8 @@ def rate_limit_headers(
 ) -> dict[str, str]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} of the tightest rpm and tpm limits."""
     headers: dict[str, str] = {}
-    for name, suffix in (("rpm", "requests"), ("tpm", "tokens")):
+    kinds: tuple[tuple[LimitName, str], ...] = (("rpm", "requests"), ("tpm", "tokens"))
+    for name, suffix in kinds:
         tightest = _tightest(planned, states, name, refused)
         if tightest is not None:
             limit, remaining, reset_ms = tightest

@@ -35,6 +35,7 @@ class AccessAdmin:
             team=request.team,
             models=request.models,
             limits=request.limits(),
+            manage_models=request.manage_models,
             secret_sha256=made.secret_sha256,
             created_at=now,
             expires_at=expires_at,

@@ -18,6 +18,7 @@ class Principal:
     models: tuple[str, ...] = ()  # fnmatch globs; empty: every model
     name: str | None = None
     limits: Limits = field(default_factory=Limits)
+    manage_models: bool = False  # the key's opt-in to model management (pull, create, copy, delete)
 
     @classmethod
     def of_key(cls, record: KeyRecord) -> Principal:
@@ -28,6 +29,7 @@ class Principal:
             models=tuple(record.models),
             name=record.name,
             limits=record.limits,
+            manage_models=record.manage_models,
         )
 
     @classmethod
@@ -37,6 +39,10 @@ class Principal:
     @classmethod
     def anonymous(cls) -> Principal:
         return cls(key_id=None, team=None, is_master=False)
+
+    @property
+    def may_manage_models(self) -> bool:
+        return self.is_master or self.manage_models
 
     @property
     def usage_key(self) -> str:

@@ -68,6 +68,7 @@ class KeyRecord(BaseModel):
     team: str | None = None
     models: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    manage_models: bool = False  # may pull, create, copy and delete models (otherwise the master key only)
     secret_sha256: str
     created_at: datetime
     expires_at: datetime | None = None

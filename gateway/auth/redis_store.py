@@ -7,12 +7,15 @@ Layout (prefix default `tandem:`):
   {p}teams           set     team names
   {p}rl:key:{id}:{rpm|tpm|budget|parallel}, {p}rl:team:{name}:...   limiter counters (store.py)
   {p}usage:{YYYY-MM-DD}  hash  usage counters (usage.py), expiring after the retention
-Every call has a deadline, so a Redis that is down or stalled costs at most about a second, never a hang.
+Every call has a deadline, so a Redis that is down or stalled costs at most about a second, never a hang;
+after a failure the circuit breaker (circuit.py) skips Redis until a background probe sees it answer, so
+only the first request pays that deadline, not every request of an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,9 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.auth import redis_scripts
+from gateway.auth.circuit import CircuitBreaker, CircuitOpenError
 from gateway.auth.records import KeyRecord, TeamRecord
 from gateway.auth.store import (
     Adjustment,
@@ -49,7 +53,13 @@ def redacted_url(url: str) -> str:
 
 class RedisStore:
     def __init__(
-        self, url: str, *, timeout_s: float = 0.5, prefix: str = "tandem:", usage_retention_days: int = 400
+        self,
+        url: str,
+        *,
+        timeout_s: float = 0.5,
+        prefix: str = "tandem:",
+        usage_retention_days: int = 400,
+        retry_s: float = 1.0,
     ) -> None:
         self.description = f"Redis at {redacted_url(url)}"
         self.prefix = prefix
@@ -66,18 +76,34 @@ class RedisStore:
         self._deadline_s = 3 * timeout_s
         self._admit = self._redis.register_script(redis_scripts.ADMIT)
         self._settle = self._redis.register_script(redis_scripts.SETTLE)
+        self.circuit = CircuitBreaker(self._probe, retry_s, self.description)
 
     async def _call(self, operation: Awaitable[T]) -> T:
         try:
-            async with asyncio.timeout(self._deadline_s):
-                return await operation
+            self.circuit.check()
+        except CircuitOpenError as exc:
+            if inspect.iscoroutine(operation):
+                operation.close()  # never started: nothing was sent to Redis
+            raise StoreUnavailableError(str(exc)) from exc
+        try:
+            return await self._with_deadline(operation)
         except (RedisError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, ResponseError):  # Redis answered (an error reply): it is not down
+                self.circuit.failed()
             raise StoreUnavailableError(f"{self.description}: {type(exc).__name__}: {exc}") from exc
+
+    async def _with_deadline(self, operation: Awaitable[T]) -> T:
+        async with asyncio.timeout(self._deadline_s):
+            return await operation
+
+    async def _probe(self) -> None:
+        await self._with_deadline(self._redis.ping())
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
 
     async def aclose(self) -> None:
+        await self.circuit.aclose()
         await self._redis.aclose()
 
     # ---- records ------------------------------------------------------------------------------------------
@@ -96,7 +122,9 @@ class RedisStore:
         ids = sorted(await self._call(self._redis.smembers(f"{self.prefix}keys")))
         if not ids:
             return []
-        raws = await self._call(self._redis.mget([f"{self.prefix}key:{key_id}" for key_id in ids]))
+        # str at run time (decode_responses=True), though redis-py types them as bytes
+        keys = [f"{self.prefix}key:{key_id}" for key_id in ids]  # type: ignore[str-bytes-safe]
+        raws = await self._call(self._redis.mget(keys))
         return [KeyRecord.model_validate_json(raw) for raw in raws if raw]
 
     async def get_team(self, name: str) -> TeamRecord | None:
@@ -113,7 +141,9 @@ class RedisStore:
         names = sorted(await self._call(self._redis.smembers(f"{self.prefix}teams")))
         if not names:
             return []
-        raws = await self._call(self._redis.mget([f"{self.prefix}team:{name}" for name in names]))
+        # str at run time (decode_responses=True), though redis-py types them as bytes
+        keys = [f"{self.prefix}team:{name}" for name in names]  # type: ignore[str-bytes-safe]
+        raws = await self._call(self._redis.mget(keys))
         return [TeamRecord.model_validate_json(raw) for raw in raws if raw]
 
     # ---- limiter primitive --------------------------------------------------------------------------------

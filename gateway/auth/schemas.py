@@ -23,6 +23,9 @@ class KeyCreate(Limits):
     team: TeamName | None = None
     models: list[str] = Field(default_factory=list, description="fnmatch globs; empty: every model")
     expires_in: Duration | None = Field(None, description="e.g. 30d; none: never expires")
+    manage_models: bool = Field(
+        False, description="may pull, create, copy and delete models (without it: the master key only)"
+    )
 
     @field_validator("models")
     @classmethod
@@ -47,6 +50,7 @@ class KeyInfo(BaseModel):
     team: str | None
     models: list[str]
     limits: Limits
+    manage_models: bool = False
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -61,6 +65,7 @@ class KeyInfo(BaseModel):
             team=record.team,
             models=record.models,
             limits=record.limits,
+            manage_models=record.manage_models,
             created_at=record.created_at,
             expires_at=record.expires_at,
             revoked_at=record.revoked_at,
@@ -70,6 +75,11 @@ class KeyInfo(BaseModel):
 
 class KeyCreated(KeyInfo):
     key: str = Field(description="the API key; shown only in this response, tandem keeps only its sha256")
+    enforced: bool = Field(
+        True,
+        description="false while access control is off (no master key): the key is stored, but every "
+        "request is served without one until a master key is set",
+    )
 
 
 class KeyList(BaseModel):

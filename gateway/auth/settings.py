@@ -23,6 +23,9 @@ class AuthSettings(BaseModel):
         description="Redis unreachable: fail_closed answers 503; fail_open serves without limits and warns",
     )
     redis_timeout_s: float = Field(0.5, gt=0, le=10, description="Redis connect and per-operation timeout")
+    redis_retry_s: float = Field(
+        1.0, gt=0, le=60, description="after a Redis failure, requests skip it; a probe retries this often"
+    )
     redis_prefix: str = Field("tandem:", min_length=1, description="prefix of every Redis key tandem writes")
     parallel_lease_s: int = Field(
         900, ge=1, description="a parallel slot whose replica died without settling frees itself after this"
@@ -32,8 +35,10 @@ class AuthSettings(BaseModel):
     @field_validator("master_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        # TANDEM_MASTER_KEY= (empty) means off, not "on with an empty key"
-        return None if value == "" else value
+        # TANDEM_MASTER_KEY= (empty, as docker-compose passes an unset ${TANDEM_MASTER_KEY:-}) means off, not
+        # "on with an empty key"; it arrives as "" from the file and as SecretStr("") from the environment
+        empty = value == "" or (isinstance(value, SecretStr) and value.get_secret_value() == "")
+        return None if empty else value
 
     @field_validator("redis_url")
     @classmethod

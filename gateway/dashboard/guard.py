@@ -1,4 +1,10 @@
-"""Who may read the metrics pages: everyone, unless `metrics_require_key` is on and access control is."""
+"""Who may read the metrics pages (/metrics, /dashboard, /dashboard.json).
+
+They show every team's traffic and every model's name, beyond what any one key's allow-list lets it see,
+so with access control on they need the master key: 401 without a valid key, 403 with any other key. A
+Prometheus that cannot send credentials is served with TANDEM_METRICS_OPEN=true. Without access control
+everything is open anyway.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,14 @@ from gateway.errors import APIError
 
 
 async def require_metrics_access(request: Request) -> None:
-    """The check GET /metrics makes, as a dependency: with TANDEM_METRICS_REQUIRE_KEY and a master key
-    configured, only the master key may read (401 without a valid key, 403 with another key)."""
-    settings = request.app.state.settings
-    if settings.metrics_require_key and request.app.state.access.enabled:
-        principal = await get_principal(request)
-        if not principal.is_master:
-            raise APIError(403, f"{request.url.path} needs the master key", code="insufficient_permissions")
+    state = request.app.state
+    if state.settings.metrics_open or not state.access.enabled:
+        return
+    principal = await get_principal(request)
+    if not principal.is_master:
+        raise APIError(
+            403,
+            f"{request.url.path} needs the master key: it shows every team's traffic "
+            "(TANDEM_METRICS_OPEN=true serves it without a key)",
+            code="insufficient_permissions",
+        )

@@ -1,4 +1,4 @@
-"""GET /dashboard (the page) and GET /dashboard.json (its data), open unless metrics need the master key."""
+"""GET /dashboard (the page) and GET /dashboard.json (its data); who may read them: guard.py."""
 
 from __future__ import annotations
 

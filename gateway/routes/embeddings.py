@@ -47,9 +47,11 @@ async def _embed(
     lease = await call.models.acquire(model, keep_alive)
     try:
         backend = lease.served.backend
-        if not backend.supports_embeddings:
+        if not backend.capabilities.embeddings:
             raise bad_request(
-                f"model '{model.spec.name}' (backend {backend.kind}) does not support embeddings"
+                f"model '{model.spec.name}' (backend {backend.kind}) does not support embeddings",
+                param="model",
+                code="unsupported_model",
             )
         inputs = []
         for item in texts_or_ids:
@@ -87,9 +89,13 @@ def _openai_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list
         return [value]
     if not value:
         raise bad_request("input must not be empty", param="input")
-    if all(isinstance(v, int) for v in value):
-        return [value]  # type: ignore[list-item]
-    return value  # type: ignore[return-value]
+    ints = [v for v in value if isinstance(v, int)]
+    if len(ints) == len(value):
+        return [ints]
+    texts = [v for v in value if isinstance(v, str)]
+    if len(texts) == len(value):
+        return texts
+    return [v for v in value if isinstance(v, list)]  # pydantic admits no mixed lists
 
 
 @router.post("/v1/embeddings", response_model=None)

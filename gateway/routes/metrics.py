@@ -1,21 +1,17 @@
-"""GET /metrics in Prometheus text format (see docs/metrics.md)."""
+"""GET /metrics in Prometheus text format (see docs/metrics.md); who may read it: dashboard/guard.py."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.deps import MetricsDep, SettingsDep, get_principal
-from gateway.errors import APIError
+from gateway.dashboard.guard import require_metrics_access
+from gateway.deps import MetricsDep
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_metrics_access)])
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(gateway_metrics: MetricsDep, settings: SettingsDep, request: Request) -> Response:
-    if settings.metrics_require_key and request.app.state.access.enabled:
-        principal = await get_principal(request)
-        if not principal.is_master:
-            raise APIError(403, "/metrics needs the master key", code="insufficient_permissions")
+async def metrics(gateway_metrics: MetricsDep) -> Response:
     return Response(gateway_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 
 from gateway.config import ModelSpec
-from gateway.deps import CallDep, may_see_names
+from gateway.deps import CallDep, may_see_names, usable_names
 from gateway.errors import model_not_found
 from gateway.openai_protocol import ModelCard, ModelList
 
@@ -37,7 +37,7 @@ async def list_models(call: CallDep, request: Request) -> ModelList:
 async def get_model(model_id: str, call: CallDep, request: Request) -> ModelCard:
     spec = call.router.lookup(model_id, call.principal.team)
     if spec is None or not may_see_names(request, [model_id, spec.name, *spec.aliases]):
-        raise model_not_found(model_id)
+        raise model_not_found(model_id, usable_names(request, call.router))
     request.state.tandem_model = spec.name
     request.state.tandem_backend = spec.backend or ROUTE_BACKEND
     return _card(call, spec)

@@ -13,11 +13,18 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from backends.base import ChatMessage, StructuredOutput
-from gateway.deps import CallDep, ModelsDep
+from gateway.deps import CallContext, CallDep
 from gateway.dispatch import dispatch
 from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
-from gateway.generation import OLLAMA_DEFAULTS, PreparedGeneration, chat_prompt_ids, prepare_tokens
+from gateway.generation import (
+    OLLAMA_DEFAULTS,
+    PreparedGeneration,
+    chat_prompt_ids,
+    check_prompt_size,
+    prepare_tokens,
+    utf8_size,
+)
 from gateway.ollama_protocol import (
     AssistantMessage,
     ChatRequest,
@@ -142,13 +149,22 @@ def _keep_alive(body: ChatRequest | GenerateRequest) -> float | object | None:
         raise bad_request(str(exc)) from None
 
 
-async def _load_only(models: ModelsDep, model: ManagedModel, keep_alive: float | object | None) -> str:
-    """Ollama's way to load (or, with keep_alive 0, unload) a model: a request with nothing to generate."""
-    if keep_alive == 0:
-        await models.unload(model)
-        return "unload"
-    (await models.acquire(model, keep_alive)).release()
-    return "load"
+async def _load_only(call: CallContext, model: ManagedModel, keep_alive: float | object | None) -> str:
+    """Ollama's way to load (or, with keep_alive 0, unload) a model: a request with nothing to generate.
+
+    It costs a load, so it is admitted like any request: it counts against the key's and team's rpm and
+    parallel limits (and reserves no tokens), and is refused with 429 over them.
+    """
+    admission = await call.access.admit(call.principal, model.spec.name, 0)
+    call.request.state.ratelimit_headers = admission.headers
+    try:
+        if keep_alive == 0:
+            await call.models.unload(model)
+            return "unload"
+        (await call.models.acquire(model, keep_alive)).release()
+        return "load"
+    finally:
+        await admission.settle(0, 0)
 
 
 @router.post("/chat", response_model=None)
@@ -160,7 +176,7 @@ async def chat(body: ChatRequest, request: Request, call: CallDep):
     structured = await asyncio.to_thread(ollama_structured, body.format)
     if not body.messages:
         model = resolve_ollama_model(call.models, body.model, request)
-        reason = await _load_only(call.models, model, keep_alive)
+        reason = await _load_only(call, model, keep_alive)
         return ChatResponse(model=body.model, created_at=timestamp(), message=AssistantMessage(content=""),
                             done=True, done_reason=reason).model_dump()  # fmt: skip
     messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
@@ -182,6 +198,7 @@ async def chat(body: ChatRequest, request: Request, call: CallDep):
 
 def _generate_prompt(body: GenerateRequest, served: ServedModel) -> list[int]:
     if body.raw:
+        check_prompt_size(served, utf8_size(body.prompt), param="prompt")
         prompt_ids = served.backend.tokenize(body.prompt, add_special_tokens=True)
     else:
         if body.template is not None:
@@ -206,10 +223,10 @@ async def generate(body: GenerateRequest, request: Request, call: CallDep):
     structured = await asyncio.to_thread(ollama_structured, body.format)
     if not body.prompt and not body.context:
         model = resolve_ollama_model(call.models, body.model, request)
-        reason = await _load_only(call.models, model, keep_alive)
+        reason = await _load_only(call, model, keep_alive)
         return GenerateResponse(model=body.model, created_at=timestamp(), response="", done=True,
                                 done_reason=reason).model_dump(exclude_none=True)  # fmt: skip
-    request_id, prompt_ids = request.state.request_id, []
+    request_id, prompt_ids = request.state.request_id, list[int]()
 
     def prepare(served: ServedModel) -> PreparedGeneration:
         prompt_ids[:] = _generate_prompt(body, served)  # each deployment tried tokenizes anew

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from backends.base import ChatMessage
 from backends.chat_template import ChatTemplate, ChatTemplateError
+from backends.inspect import inspect_model
 from gateway.config import ModelSpec
 from gateway.deps import AdminDep, ModelsDep, StoreDep
 from gateway.errors import APIError, bad_request
+from gateway.model_store import StoreError
 from gateway.modelfile import Modelfile, ModelfileError, parse_modelfile, set_parameter
 from gateway.registry import ManagedModel, ModelManager
 from gateway.routes.ollama_models import LATEST, resolve_ollama_model
@@ -83,7 +86,10 @@ def _base_spec(models: ModelManager, base: str) -> tuple[dict[str, Any], Path]:
     parent = models.resolve(base) or models.resolve(base.removesuffix(LATEST))
     if parent is not None:
         return parent.spec.model_dump(exclude={"name", "aliases", "demo", "preload"}), parent.path
-    path = Path(base).expanduser()
+    try:
+        path = Path(base).expanduser()
+    except RuntimeError:  # "~someone/..." for a user this machine does not have
+        raise bad_request(f"FROM {base!r}: no such user's home directory") from None
     if path.is_file() and path.suffix == ".gguf":
         return {"backend": "llamacpp", "path": str(path)}, path
     if path.is_dir() and (path / "config.json").is_file():
@@ -125,11 +131,41 @@ def build_spec(models: ModelManager, name: str, modelfile: Modelfile) -> tuple[M
         ) from None
 
 
+async def _readable(path: Path) -> None:
+    """The files' header, read as the config path reads it at start: a file no backend can load (an empty
+    or truncated GGUF) is refused now instead of becoming a record that breaks every listing."""
+    try:
+        await asyncio.to_thread(inspect_model, path)
+    except Exception as exc:  # gguf and safetensors readers fail in many ways on a broken file
+        raise bad_request(f"{path} is not a readable model: {exc}") from None
+
+
 async def _install(models: ModelManager, store: StoreDep, spec: ModelSpec, path: Path) -> None:
+    """Serve and persist a created model, both or neither: the record is on disk (flushed, under a
+    temporary name) before the model is served, and renamed into place only once it is."""
+    await _readable(path)
     existing = models.resolve(spec.name)
     keep_alive = existing.default_keep_alive_s if existing else models.default_keep_alive_s
-    await models.add(ManagedModel(spec, path, keep_alive, created=True))
-    store.save(spec)
+    model = ManagedModel(spec, path, keep_alive, created=True)
+    try:
+        pending = await asyncio.to_thread(store.prepare, spec)  # fsync: off the event loop
+    except StoreError as exc:
+        raise _storage_error(exc) from None
+    try:
+        await models.add(model)
+    except BaseException:
+        pending.discard()
+        raise
+    try:
+        pending.commit()
+    except StoreError as exc:
+        await models.remove(model)
+        raise _storage_error(exc) from None
+
+
+def _storage_error(exc: StoreError) -> APIError:
+    code = "insufficient_storage" if exc.status == 507 else "storage_error"
+    return APIError(exc.status, str(exc), type="server_error", code=code)
 
 
 def _status_stream(statuses: list[str], stream: bool) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,9 @@ from gateway.ollama_protocol import (
     VersionResponse,
 )
 from gateway.registry import ManagedModel, ModelManager, ModelState
+from gateway.startup import model_capabilities
 
+logger = logging.getLogger("tandem.gateway")
 router = APIRouter(prefix="/api", tags=["ollama"])
 LATEST = ":latest"
 
@@ -71,9 +74,29 @@ def _listed(model: ManagedModel, name: str) -> ListedModel:
     )  # fmt: skip
 
 
+def _readable(model: ManagedModel) -> bool:
+    """Whether the model's files can be described. A file broken or removed after the model was made is
+    logged and left out of listings: one bad model must not take /api/tags or /api/ps down for everyone."""
+    try:
+        model.info  # noqa: B018 (read once, then cached)
+    except Exception as exc:  # the GGUF and safetensors readers fail in many ways on a broken file
+        logger.error(
+            "model %r left out of the listing: %s cannot be read (%s)", model.spec.name, model.path, exc
+        )
+        return False
+    return True
+
+
+def _unreadable(model: ManagedModel, name: str) -> APIError:
+    return APIError(
+        503, f"model '{name}' is unavailable: its files at {model.path} cannot be read",
+        type="server_error", code="model_unreadable",
+    )  # fmt: skip
+
+
 @router.get("/tags")
 async def tags(models: ModelsDep, request: Request) -> TagsResponse:
-    visible = [m for m in models if may_see(request, m)]
+    visible = [m for m in models if may_see(request, m) and _readable(m)]
     return TagsResponse(models=[_listed(m, _ollama_name(name)) for m in visible for name in m.names])
 
 
@@ -91,7 +114,8 @@ async def running(models: ModelsDep, request: Request) -> PsResponse:
                 **_listed(m, _ollama_name(m.spec.name)).model_dump(), expires_at=_expires_at(m), size_vram=0
             )
             for m in models
-            if m.state is not ModelState.UNLOADED and may_see(request, m)  # loading ones too, as Ollama
+            # loading ones too, as Ollama
+            if m.state is not ModelState.UNLOADED and may_see(request, m) and _readable(m)
         ]
     )
 
@@ -122,6 +146,8 @@ async def show(body: ShowRequest, models: ModelsDep, request: Request) -> ShowRe
     if not name:
         raise bad_request("model is required")
     model = resolve_ollama_model(models, name, request)
+    if not _readable(model):
+        raise _unreadable(model, name)
     info = model.info
     modelfile, parameters = _modelfile(model)
     listed = _listed(model, _ollama_name(name))
@@ -136,6 +162,6 @@ async def show(body: ShowRequest, models: ModelsDep, request: Request) -> ShowRe
             "general.parameter_count": info.parameter_count,
             f"{info.family}.context_length": model.context_length,
         },
-        capabilities=["completion", "embedding"] if model.spec.backend == "llamacpp" else ["completion"],
+        capabilities=["completion", "embedding"] if model_capabilities(model).embeddings else ["completion"],
         modified_at=listed.modified_at,
     )

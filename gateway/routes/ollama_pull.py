@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.config import ModelSpec
-from gateway.deps import ModelsDep, SettingsDep, StoreDep
+from gateway.deps import AdminDep, ModelsDep, SettingsDep, StoreDep
 from gateway.errors import APIError, bad_request
 from gateway.pull import (
     FileProgress,
@@ -27,10 +27,10 @@ from gateway.pull import (
     PullError,
     PullEvent,
     PullPlan,
-    download,
     parse_reference,
     plan_pull,
 )
+from gateway.pull_space import GB, PullSpace, download_within
 from gateway.routes.ollama_manage import _install
 from gateway.routes.ollama_models import LATEST
 
@@ -57,14 +57,14 @@ def _event_line(event: PullEvent) -> str:
     return json.dumps(body) + "\n"
 
 
-async def _run_download(plan: PullPlan, report: Callable[[PullEvent], None]) -> Path:
+async def _run_download(plan: PullPlan, report: Callable[[PullEvent], None], space: PullSpace) -> Path:
     try:
-        return await asyncio.to_thread(download, plan, report)
+        return await asyncio.to_thread(download_within, plan, report, space)
     except PullError as exc:
         raise APIError(exc.status, str(exc)) from None
 
 
-async def _stream(plan: PullPlan, name: str, install: Installer) -> AsyncIterator[str]:
+async def _stream(plan: PullPlan, name: str, install: Installer, space: PullSpace) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[PullEvent | None] = asyncio.Queue()
     stop = threading.Event()  # set when this generator ends early: the worker thread then stops too
@@ -80,7 +80,7 @@ async def _stream(plan: PullPlan, name: str, install: Installer) -> AsyncIterato
         events.put_nowait(None)
 
     yield json.dumps({"status": "pulling manifest"}) + "\n"
-    work = asyncio.ensure_future(_run_download(plan, report))
+    work = asyncio.ensure_future(_run_download(plan, report, space))
     work.add_done_callback(finished)
     try:
         while (event := await events.get()) is not None:
@@ -100,7 +100,10 @@ async def _stream(plan: PullPlan, name: str, install: Installer) -> AsyncIterato
 
 
 @router.post("/pull", response_model=None)
-async def pull(body: PullRequest, models: ModelsDep, store: StoreDep, settings: SettingsDep) -> Response:
+async def pull(
+    body: PullRequest, models: ModelsDep, store: StoreDep, settings: SettingsDep, _: AdminDep
+) -> Response:
+    """Admin-only (see deps.require_admin): a pull can replace a model other keys use and fills the disk."""
     source = body.model or body.name
     if not source:
         raise bad_request("model is required: hf://ORG/REPO[:FILE]")
@@ -116,8 +119,12 @@ async def pull(body: PullRequest, models: ModelsDep, store: StoreDep, settings: 
     existing = models.resolve(name)
     if existing is not None and not existing.user_created:
         raise bad_request(f"model {name!r} is defined in the config file; pull under another name")
+    root = settings.resolved_home() / "models" / "pulled"
+    quota = None if settings.pull_quota_gb is None else int(settings.pull_quota_gb * GB)
+    space = PullSpace(root, quota)
     try:
-        plan = await asyncio.to_thread(plan_pull, reference, settings.resolved_home() / "models" / "pulled")
+        plan = await asyncio.to_thread(plan_pull, reference, root)
+        await asyncio.to_thread(space.allowance, plan)  # 507 before the first byte if it cannot fit
     except PullError as exc:
         raise APIError(exc.status, str(exc)) from None
 
@@ -126,6 +133,6 @@ async def pull(body: PullRequest, models: ModelsDep, store: StoreDep, settings: 
         await _install(models, store, spec, path)
 
     if body.stream:
-        return StreamingResponse(_stream(plan, name, install), media_type="application/x-ndjson")
-    await install(await _run_download(plan, lambda event: None))
+        return StreamingResponse(_stream(plan, name, install, space), media_type="application/x-ndjson")
+    await install(await _run_download(plan, lambda event: None, space))
     return JSONResponse({"status": "success", "model": name})

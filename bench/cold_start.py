@@ -1,0 +1,131 @@
+"""`tandem bench cold-start`: from `tandem serve` (as `make serve` runs it, no config file: the built-in
+demo model, already in the cache) to the first streamed token of a chat completion, per profile.
+
+Each run starts a fresh server process in an empty directory with a free port, sends the chat request as
+soon as the port accepts connections (dev loads its model on that first request, prod at start-up), and
+stops the server once the first token has arrived. Reported per profile: seconds until the port answered
+/health and until the first token, median and every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.environment import describe_environment
+
+QUESTION = {"role": "user", "content": "What is the capital of France?"}
+
+
+@dataclass(frozen=True, slots=True)
+class ColdStart:
+    healthy_s: float
+    first_token_s: float
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tandem bench cold-start", description=__doc__.splitlines()[0])
+    p.add_argument("--profiles", nargs="+", choices=["dev", "prod"], default=["dev", "prod"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one server")
+    p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    return p.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _first_token(url: str, deadline: float) -> float:
+    """Seconds (perf_counter) when the first content token of a streamed chat arrived."""
+    body = {"model": "default", "messages": [QUESTION], "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", url, json=body, timeout=max(deadline - time.perf_counter(), 1)) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[len("data: ") :]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                return time.perf_counter()
+    raise RuntimeError("the stream ended without a token")
+
+
+def measure(profile: str, timeout: float) -> ColdStart:
+    command = shutil.which("tandem", path=str(Path(sys.executable).parent))
+    argv = [command, "serve"] if command else [sys.executable, "-m", "gateway.cli", "serve"]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="tandem-cold-") as workdir:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
+        env |= {"TANDEM_PROFILE": profile, "TANDEM_PORT": str(port), "TANDEM_HOME": f"{workdir}/home",
+                "TANDEM_LOG_LEVEL": "warning"}  # fmt: skip
+        log = open(Path(workdir) / "serve.log", "wb")  # noqa: SIM115 (closed below, after the process)
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = started + timeout
+        try:
+            healthy = None
+            while healthy is None:
+                if process.poll() is not None or time.perf_counter() > deadline:
+                    raise RuntimeError(f"{profile}: the server did not come up:\n{_tail(workdir)}")
+                try:
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        healthy = time.perf_counter()
+                except httpx.TransportError:
+                    time.sleep(0.01)
+            first = _first_token(f"{base}/v1/chat/completions", deadline)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            log.close()
+    return ColdStart(healthy - started, first - started)
+
+
+def _tail(workdir: str) -> str:
+    return (Path(workdir) / "serve.log").read_text(errors="replace")[-2000:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from backends.demo_model import ensure_demo_model
+
+    model = ensure_demo_model()  # cached before timing anything: the benchmark is of a warm cache
+    results: dict[str, list[ColdStart]] = {}
+    for profile in args.profiles:
+        results[profile] = [measure(profile, args.timeout) for _ in range(args.repeats)]
+    out = sys.stdout
+    out.write(
+        f"\ncold start of `tandem serve` (built-in config, {model.name} cached), median of {args.repeats}\n\n"
+    )
+    out.write(f"{'profile':<10}{'healthy s':>12}{'first token s':>16}   runs (first token s)\n")
+    for profile, runs in results.items():
+        healthy = statistics.median(r.healthy_s for r in runs)
+        first = statistics.median(r.first_token_s for r in runs)
+        every = ", ".join(f"{r.first_token_s:.2f}" for r in runs)
+        out.write(f"{profile:<10}{healthy:>12.2f}{first:>16.2f}   {every}\n")
+    if args.json is not None:
+        record = {
+            "environment": describe_environment(argv, command="tandem bench cold-start", with_torch=False),
+            "model": str(model),
+            "results": {profile: [asdict(r) for r in runs] for profile, runs in results.items()},
+        }
+        args.json.write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

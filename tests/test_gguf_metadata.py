@@ -1,0 +1,45 @@
+"""The direct GGUF header reader against the gguf package's GGUFReader (many times slower on a vocabulary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import pytest
+
+from backends.paged.gguf_metadata import GGUFFormatError, read_gguf_header, read_gguf_metadata
+from tests import real_assets
+
+
+def _reader_metadata(reader: gguf.GGUFReader) -> dict:
+    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("source", ["tiny", "llama-spm"])
+def test_the_header_is_what_gguf_reader_reads(source: str, tiny_llama):
+    path = tiny_llama.gguf_path if source == "tiny" else real_assets.vocab_path(source)
+    reader = gguf.GGUFReader(path)
+    header = read_gguf_header(path)
+    expected = _reader_metadata(reader)
+    assert header.metadata.keys() == expected.keys()
+    for key, value in expected.items():
+        got = header.metadata[key]
+        assert got == pytest.approx(value) if isinstance(value, float) else got == value, key
+    directory = [
+        (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.data_offset))
+        for t in reader.tensors
+    ]
+    assert [(t.name, t.shape, t.ggml_type, t.offset) for t in header.tensors] == directory
+
+
+def test_prefixes_keep_only_those_keys(tiny_llama):
+    metadata = read_gguf_metadata(tiny_llama.gguf_path, prefixes=("tokenizer.ggml.",))
+    assert metadata and all(key.startswith("tokenizer.ggml.") for key in metadata)
+    assert metadata["tokenizer.ggml.model"] == "gpt2"
+
+
+def test_a_truncated_file_is_refused(tiny_llama, tmp_path: Path):
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny_llama.gguf_path.read_bytes()[:2000])
+    with pytest.raises(GGUFFormatError, match=r"cut\.gguf: truncated GGUF metadata"):
+        read_gguf_metadata(truncated)
