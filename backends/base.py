@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
+from backends.conversation import Conversation
 from backends.stats import BackendStats
 
 
@@ -33,12 +34,14 @@ class StructuredOutput:
     (and checked) by backends.structured.
     """
 
-    kind: Literal["json_object", "json_schema"]
-    schema: str | None = None  # JSON text of a JSON Schema; required for json_schema, absent otherwise
+    # tool_calls: a forced tool call (tool_choice required or named), constrained like json_schema to a
+    # schema of the call objects ({"name": ..., "arguments": ...}) that the gateway turns into calls
+    kind: Literal["json_object", "json_schema", "tool_calls"]
+    schema: str | None = None  # JSON text of a JSON Schema; required for json_schema and tool_calls
 
     def __post_init__(self) -> None:
-        if (self.kind == "json_schema") != (self.schema is not None):
-            raise ValueError("a JSON schema goes with kind 'json_schema', and only with it")
+        if (self.kind != "json_object") != (self.schema is not None):
+            raise ValueError("a JSON schema goes with kinds 'json_schema' and 'tool_calls', and only them")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,28 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """How the gateway wants a conversation rendered, beyond what the model itself says."""
+
+    template: str | None = None  # a Jinja chat template replacing the model's own (Modelfile TEMPLATE)
+    max_chars: int | None = None  # bound on the replacing template's render
+    max_bytes: int | None = None  # a longer rendered prompt is refused (PromptTooLongError) untokenized
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A rendered conversation, ready to generate from. Room for what later prompts carry besides tokens
+    (multimodal inputs, a LoRA adapter), as vLLM's EngineCoreRequest carries mm_features and lora_request."""
+
+    token_ids: list[int]
+    text: str  # the rendered template, for size checks and debugging
+    tool_format: str | None = None  # the tool-call format the template teaches (backends.tools), if any
+    tools_described: bool = False  # the template has no tool section: the tools went into a system message
+    reasoning: bool = False  # the output may open with <think>…</think> (a thinking template, thinking on)
+    reasoning_open: bool = False  # the generation prompt already opened it: the output starts inside
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +149,15 @@ class BackendCapabilities:
 class BackendError(Exception):
     """A request the backend refuses. The gateway answers the subclasses below with their own status; any
     other BackendError is the request's fault (400, code "invalid_request")."""
+
+
+class PromptTooLongError(BackendError):
+    """The rendered prompt is longer than RenderOptions.max_bytes (the gateway answers 400
+    context_length_exceeded); raised before tokenizing it."""
+
+    def __init__(self, size_bytes: int) -> None:
+        super().__init__(f"the rendered prompt is {size_bytes} bytes")
+        self.size_bytes = size_bytes
 
 
 class QueueFullError(BackendError):
@@ -203,11 +237,13 @@ class Backend(Protocol):
         """
         ...
 
-    def apply_chat_template(self, messages: list[ChatMessage]) -> str:
-        """The model's own chat template, rendered with the generation prompt appended.
+    def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:
+        """The conversation through the model's chat template (or options.template), with the generation
+        prompt appended, tokenized (backends.tool_prompt does it for every backend).
 
-        Raises backends.chat_template.ChatTemplateError when the model has none or it fails on these
-        messages (the gateway answers 400).
+        Raises backends.chat_template.ChatTemplateError when the model has none or it fails on this
+        conversation, PromptTooLongError over options.max_bytes (the gateway answers 400 to both).
+        CPU work in proportion to the prompt: call it off the event loop.
         """
         ...
 

@@ -125,6 +125,7 @@ class ChatTemplate:
     ) -> str:
         """With everything apply_chat_template passes: tool calls, tool results, `tools`, switches such as
         enable_thinking (backends.template_inputs)."""
+
         def variables(arguments_as_text: bool) -> dict[str, Any]:
             return {
                 **template_variables(conversation, self.source, arguments_as_text),

@@ -52,11 +52,16 @@ def _options(spec: StructuredOutput) -> tuple[str, dict[str, Any]]:
 
     json_object mode is the schema {"type": "object"} with strict_mode off, so any properties may
     appear. A given schema is compiled in strict mode (vLLM's choice): properties and items it does not
-    declare are never generated, so the output validates whatever the schema says about extras.
+    declare are never generated, so the output validates whatever the schema says about extras. A forced
+    tool call (kind tool_calls) is such a schema too: of the call objects, with the functions' parameters.
     """
     if spec.kind == "json_object":
         return _ANY_OBJECT, {"strict_mode": False, "max_whitespace_cnt": MAX_WHITESPACE}
     assert spec.schema is not None
+    if spec.kind == "tool_calls":
+        # calls as models are taught to write them ({"name": "f", "arguments": {...}}): one space after
+        # each separator and no other whitespace, so that padding cannot spend the output's tokens
+        return spec.schema, {"strict_mode": True, "any_whitespace": False}
     return spec.schema, {"strict_mode": True, "max_whitespace_cnt": MAX_WHITESPACE}
 
 

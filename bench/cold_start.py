@@ -1,4 +1,4 @@
-"""`tandem bench cold-start`: from `tandem serve` (as `make serve` runs it, no config file: the built-in
+"""`python -m bench.cold_start`: from `tandem serve` (as `make serve` runs it, no config file: the built-in
 demo model, already in the cache) to the first streamed token of a chat completion, per profile.
 
 Each run starts a fresh server process in an empty directory with a free port, sends the chat request as
@@ -36,7 +36,7 @@ class ColdStart:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tandem bench cold-start", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.cold_start", description=__doc__.splitlines()[0])
     p.add_argument("--profiles", nargs="+", choices=["dev", "prod"], default=["dev", "prod"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one server")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"{profile:<10}{healthy:>12.2f}{first:>16.2f}   {every}\n")
     if args.json is not None:
         record = {
-            "environment": describe_environment(argv, command="tandem bench cold-start", with_torch=False),
+            "environment": describe_environment(argv, command="python -m bench.cold_start", with_torch=False),
             "model": str(model),
             "results": {profile: [asdict(r) for r in runs] for profile, runs in results.items()},
         }

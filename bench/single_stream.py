@@ -1,4 +1,4 @@
-"""`tandem bench single-stream`: one request at a time on one GGUF file, prefill and decode tokens/s of
+"""`python -m bench.single_stream`: one request at a time on one GGUF file, prefill and decode tokens/s of
 raw llama-cpp-python, tandem's llama.cpp backend (the dev profile) and the paged engine (prod).
 
 Each runner gets the same random prompts (a fresh one per repeat, so no prefix cache helps) and decodes
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import GenerationRequest, SamplingParams
+from backends.base import Backend, GenerationRequest, SamplingParams
 from bench.environment import describe_environment
 
 RUNNERS = ("llama-cpp-python", "tandem-llamacpp", "tandem-paged")
@@ -44,7 +44,7 @@ class RunnerResult:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tandem bench single-stream", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.single_stream", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None, help="GGUF file (default: the demo model, SmolLM2)")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--gen-len", type=int, default=128)
@@ -74,14 +74,16 @@ def run_raw(args: argparse.Namespace, path: Path, prompts: list[list[int]]) -> l
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=_context(args), n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)  # fmt: skip
+    vocab = llm.n_vocab()
     runs = []
     for prompt in prompts:
         llm.reset()
         started = time.perf_counter()
         llm.eval(prompt)
         prefilled = time.perf_counter()
-        for _ in range(args.gen_len):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        for _ in range(args.gen_len):  # without logits_all, eval keeps no logits: read the context's own
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+            llm.eval([int(np.argmax(logits))])
         runs.append(Run(prefilled - started, time.perf_counter() - prefilled, args.gen_len))
     llm.close()
     return runs[1:]
@@ -105,6 +107,7 @@ async def _drive(backend: Any, prompts: list[list[int]], gen_len: int) -> list[R
 
 
 def run_tandem(args: argparse.Namespace, path: Path, prompts: list[list[int]], runner: str) -> list[Run]:
+    backend: Backend
     if runner == "tandem-llamacpp":
         from backends.llamacpp.backend import LlamaCppBackend
 
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"{r.runner:<20}{r.prefill_tok_s:>15.1f}{r.decode_tok_s:>15.1f}\n")
     if args.json is not None:
         record = {
-            "environment": describe_environment(argv, command="tandem bench single-stream"),
+            "environment": describe_environment(argv, command="python -m bench.single_stream"),
             "model": str(args.model),
             "prompt_len": args.prompt_len,
             "gen_len": args.gen_len,

@@ -130,7 +130,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for spec in profile.models:
         path = str(spec.resolved_path()) if spec.path else "-"
         if spec.path and not spec.resolved_path().exists():
-            path += " (generated on first serve)" if spec.demo else " (missing)"
+            path += {"tiny": " (generated on first serve)", "smollm2": " (downloaded on first serve)"}.get(
+                spec.demo or "", " (missing)"
+            )
         rows.append((spec.name, spec.backend or "-", ",".join(spec.aliases) or "-", path))  # "-": a route
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows if profile.models else []:

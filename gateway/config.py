@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backends.paged.config import EngineConfig
 from backends.remote.upstream import UpstreamTimeouts
+from backends.tools.detect import parser_class
 from gateway.auth.settings import AuthSettings
 from gateway.durations import parse_keep_alive
 
@@ -135,6 +136,11 @@ class ModelSpec(_Strict):
     chat_template: str | None = Field(
         None, description="a Jinja chat template replacing the model's own (Modelfile TEMPLATE)"
     )
+    tool_parser: str | None = Field(
+        None,
+        description="the tool-call format its output is parsed in (hermes, llama3_json, mistral, ...); "
+        "default: read from the chat template",
+    )
 
     @field_validator("name", "aliases")
     @classmethod
@@ -144,6 +150,13 @@ class ModelSpec(_Strict):
                 raise ValueError(f"{name!r} is not a valid model name (letters, digits and ._:/@+-*? only)")
             if len(name) > MAX_NAME_LENGTH:  # ASCII by the pattern: characters are bytes
                 raise ValueError(f"a model name is at most {MAX_NAME_LENGTH} bytes long, not {len(name)}")
+        return value
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _check_tool_parser(cls, value: str | None) -> str | None:
+        if value is not None:
+            parser_class(value)  # UnknownToolParserError is a ValueError: named in the config's error
         return value
 
     @field_validator("demo", mode="before")
@@ -257,10 +270,10 @@ def builtin_config() -> TandemConfig:
             aliases=["default"],
             context_length=2048,
             demo="smollm2",
-            # config/tandem.yaml's system prompt. Measured on this 135M 4-bit model: with the template's own default
-            # system prompt llama.cpp's first token for "What is the capital of France?" is a near-tie
-            # (0.35 logits) that it resolves into French; with this one both backends answer "The capital
-            # of France is Paris.".
+            # config/tandem.yaml's system prompt. Measured on this 135M 4-bit model: with the template's
+            # own default system prompt llama.cpp's first token for "What is the capital of France?" is a
+            # near-tie (0.35 logits) that it resolves into French; with this one both backends answer
+            # "The capital of France is Paris.".
             system="You are concise.",
             # Greedy unless a request says otherwise: at temperature 1 a 135M model rambles, and even at its
             # model card's 0.2 it flips between answers a near-tie apart. A demo that answers the same

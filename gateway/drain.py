@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -141,7 +142,7 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-def serve_config(app: ASGIApp, drain: Drain, **kwargs: object) -> uvicorn.Config:
+def serve_config(app: ASGIApp, drain: Drain, **kwargs: Any) -> uvicorn.Config:
     """uvicorn's config for the app behind the drain middleware; its own cancellation comes after ours."""
     return uvicorn.Config(
         DrainMiddleware(app, drain), timeout_graceful_shutdown=int(drain.window_s + FINISH_S) + 1, **kwargs

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
-from backends.base import ChatMessage, GenerationRequest, SamplingParams, StructuredOutput
-from backends.chat_template import ChatTemplate, ChatTemplateError
-from gateway.errors import APIError, bad_request
-from gateway.openai_protocol import (
-    UNSUPPORTED_CHAT_FIELDS,
-    ChatCompletionRequest,
-    CompletionRequest,
-    _SamplingFields,
+from backends.base import (
+    GenerationRequest,
+    Prompt,
+    PromptTooLongError,
+    RenderOptions,
+    SamplingParams,
+    StructuredOutput,
 )
+from backends.chat_template import ChatTemplateError
+from backends.conversation import Conversation, Message, Role
+from backends.sampling_options import SamplingOptions
+from gateway.errors import APIError, bad_request
+from gateway.openai_protocol import UNSUPPORTED_CHAT_FIELDS, ChatCompletionRequest, CompletionRequest
 from gateway.registry import ServedModel
 
 
@@ -23,6 +28,7 @@ class PreparedGeneration:
 
     requests: list[GenerationRequest]
     prompt_tokens: int
+    prompt: Prompt | None = None  # chat requests: the rendered conversation (its tool-call format)
 
     @property
     def n(self) -> int:
@@ -64,15 +70,17 @@ def utf8_size(text: str) -> int:
 
 
 def _check_features(
-    request: _SamplingFields, model: ServedModel, logprobs: int | None, structured: StructuredOutput | None
+    request: SamplingOptions, model: ServedModel, logprobs: int | None, structured: StructuredOutput | None
 ) -> None:
     can = model.backend.capabilities
+    forced_call = structured is not None and structured.kind == "tool_calls"
     checks = (  # (parameter, used by this request, honoured by the backend)
         ("logprobs", logprobs is not None, can.logprobs),
         ("logit_bias", bool(request.logit_bias), can.logit_bias),
         ("ignore_eos", request.ignore_eos, can.ignore_eos),
         ("min_tokens", request.min_tokens > 0, can.min_tokens),
-        ("response_format", structured is not None, can.structured_output),
+        ("response_format", structured is not None and not forced_call, can.structured_output),
+        ("tool_choice", forced_call, can.structured_output),
     )
     for feature, in_use, supported in checks:
         if in_use and not supported:
@@ -88,10 +96,10 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _MAX_ID_DIGITS = 12
 
 
-def _logit_bias(request: _SamplingFields, vocab_size: int) -> dict[int, float]:
+def _logit_bias(request: SamplingOptions, vocab_size: int) -> dict[int, float]:
     """The request's logit_bias with token-id keys, each checked against the model's vocabulary."""
     bias: dict[int, float] = {}
-    for key, value in (request.logit_bias or {}).items():
+    for key, value in request.logit_bias.items():
         # ASCII digits only: str.isdigit() also accepts "²" and other digits that int() refuses
         if not _INTEGER.fullmatch(key):
             raise bad_request(
@@ -106,7 +114,7 @@ def _logit_bias(request: _SamplingFields, vocab_size: int) -> dict[int, float]:
     return bias
 
 
-def _check_n(request: _SamplingFields, model: ServedModel) -> None:
+def _check_n(request: SamplingOptions, model: ServedModel) -> None:
     """The n choices are n requests to the backend: more than it can ever hold would be refused with a
     503 that no retry can fix."""
     limit = model.backend.max_requests
@@ -137,7 +145,7 @@ OLLAMA_DEFAULTS = SamplingDefaults(temperature=0.8, top_p=0.9, top_k=40, repetit
 
 
 def _sampling(
-    request: _SamplingFields,
+    request: SamplingOptions,
     model: ServedModel,
     prompt_tokens: int,
     max_tokens: int | None,
@@ -168,7 +176,7 @@ def _sampling(
         top_k=max(int(pick("top_k")), 0),  # vLLM spells "disabled" as -1
         min_p=pick("min_p"),
         seed=seed,
-        stop=tuple(request.stop_list() if request.stop is not None else (defaults.stop or [])),
+        stop=request.stop if request.stop is not None else tuple(defaults.stop or ()),
         presence_penalty=pick("presence_penalty"),
         frequency_penalty=pick("frequency_penalty"),
         repetition_penalty=pick("repetition_penalty"),
@@ -181,7 +189,7 @@ def _sampling(
 
 
 def prepare_tokens(
-    request: _SamplingFields,
+    request: SamplingOptions,
     model: ServedModel,
     prompt_ids: list[int],
     max_tokens: int | None,
@@ -189,6 +197,7 @@ def prepare_tokens(
     request_id: str,
     fallbacks: SamplingDefaults = OPENAI_DEFAULTS,
     structured: StructuredOutput | None = None,
+    prompt: Prompt | None = None,
 ) -> PreparedGeneration:
     """The request's n generations over `prompt_ids`, with every sampling parameter resolved."""
     _check_features(request, model, logprobs, structured)
@@ -214,54 +223,66 @@ def prepare_tokens(
         )
         for i in range(request.n)
     ]
-    return PreparedGeneration(requests, len(prompt_ids))
+    return PreparedGeneration(requests, len(prompt_ids), prompt)
 
 
-def chat_prompt_ids(model: ServedModel, messages: list[ChatMessage]) -> list[int]:
+def chat_prompt(model: ServedModel, conversation: Conversation) -> Prompt:
     """The conversation through the model's chat template, after the model's own preamble (Modelfile
     MESSAGE) and with its default system prompt if the conversation has none.
 
     CPU work in proportion to the prompt (a template's bounded by its sandbox): call it off the loop."""
     spec = model.spec
-    messages = [*(ChatMessage(role=m.role, content=m.content) for m in spec.messages), *messages]
-    if spec.system is not None and not any(m.role == "system" for m in messages):
-        messages = [ChatMessage(role="system", content=spec.system), *messages]
-    check_prompt_size(model, sum(utf8_size(m.content) for m in messages))
+    if conversation.images:  # no local backend runs a vision model yet
+        raise bad_request(f"model '{spec.name}' does not accept images", param="messages")
+    preamble = tuple(Message.of_text(Role(m.role), m.content) for m in spec.messages)
+    messages = (*preamble, *conversation.messages)
+    if spec.system is not None and not any(m.role in (Role.SYSTEM, Role.DEVELOPER) for m in messages):
+        messages = (Message.of_text(Role.SYSTEM, spec.system), *messages)
+    conversation = dataclasses.replace(conversation, messages=messages)
+    check_prompt_size(model, sum(utf8_size(m.text) + _calls_size(m) for m in messages))
+    limit = model.backend.context_length * BYTES_PER_TOKEN
+    # a Modelfile's TEMPLATE: bounded by this model's context too
+    options = RenderOptions(template=spec.chat_template, max_chars=limit, max_bytes=limit)
     try:
-        if spec.chat_template is not None:  # a Modelfile's TEMPLATE: bounded by this model's context too
-            limit = model.backend.context_length * BYTES_PER_TOKEN
-            prompt = ChatTemplate(spec.chat_template, max_chars=limit).render(messages)
-        else:
-            prompt = model.backend.apply_chat_template(messages)
+        return model.backend.render_prompt(conversation, options)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), param="messages") from None
-    check_prompt_size(model, utf8_size(prompt))
-    return model.backend.tokenize(prompt, add_special_tokens=False)
+    except PromptTooLongError as exc:
+        check_prompt_size(model, exc.size_bytes)
+        raise  # not reached: over max_bytes is over what check_prompt_size allows
 
 
-def prepare_chat(
-    request: ChatCompletionRequest,
-    model: ServedModel,
-    request_id: str,
-    structured: StructuredOutput | None = None,
-) -> PreparedGeneration:
+def _calls_size(message: Message) -> int:
+    return sum(utf8_size(call.name) + utf8_size(call.arguments) for call in message.tool_calls)
+
+
+def chat_sampling_check(request: ChatCompletionRequest) -> None:
     for name in UNSUPPORTED_CHAT_FIELDS:
         if getattr(request, name) is not None:
             raise bad_request(
                 f"'{name}' is not supported by tandem yet.", param=name, code="unsupported_parameter"
             )
-    messages = [
-        ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
-        for m in request.messages
-    ]
-    prompt_ids = chat_prompt_ids(model, messages)
+
+
+def prepare_chat(
+    request: ChatCompletionRequest,
+    model: ServedModel,
+    conversation: Conversation,
+    request_id: str,
+    structured: StructuredOutput | None = None,
+) -> PreparedGeneration:
+    chat_sampling_check(request)
+    prompt = chat_prompt(model, conversation)
     logprobs = None
     if request.logprobs:
         logprobs = request.top_logprobs or 0
     elif request.top_logprobs is not None:
         raise bad_request("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     max_tokens = request.max_completion_tokens or request.max_tokens
-    return prepare_tokens(request, model, prompt_ids, max_tokens, logprobs, request_id, structured=structured)
+    options = request.sampling_options()
+    ids = prompt.token_ids
+    defaults = OPENAI_DEFAULTS
+    return prepare_tokens(options, model, ids, max_tokens, logprobs, request_id, defaults, structured, prompt)
 
 
 def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
@@ -297,4 +318,5 @@ def prepare_completion(
         prompt_ids = prompt
     if not prompt_ids:
         raise bad_request("'prompt' must not be empty.", param="prompt")
-    return prepare_tokens(request, model, prompt_ids, request.max_tokens, request.logprobs, request_id)
+    options = request.sampling_options()
+    return prepare_tokens(options, model, prompt_ids, request.max_tokens, request.logprobs, request_id)

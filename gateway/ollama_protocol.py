@@ -42,11 +42,35 @@ class OllamaOptions(BaseModel):
     stop: list[str] | None = None
 
 
+class OllamaFunctionCall(_Lenient):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)  # an object, not JSON text as in OpenAI's
+    index: int | None = None
+
+
+class OllamaToolCall(_Lenient):
+    id: str | None = None
+    function: OllamaFunctionCall
+
+
 class OllamaMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[OllamaToolCall] | None = None  # assistant messages
+    tool_name: str | None = None  # tool messages: the function whose result this is
+    thinking: str | None = None  # assistant messages of thinking models
+
+
+class OllamaFunction(_Lenient):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class OllamaTool(_Lenient):
+    type: Literal["function"] = "function"
+    function: OllamaFunction
 
 
 class _OllamaRequest(_Lenient):
@@ -59,7 +83,7 @@ class _OllamaRequest(_Lenient):
 
 class ChatRequest(_OllamaRequest):
     messages: list[OllamaMessage] = Field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[OllamaTool] | None = None
     think: bool | str | None = None
 
 
@@ -89,9 +113,20 @@ class Timings(BaseModel):
     eval_duration: int
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolCallOut(BaseModel):
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    thinking: str | None = None  # a thinking model's reasoning, apart from its answer
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatResponse(BaseModel):

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
+
+from backends.sampling_options import SamplingOptions
 
 # Fields tandem does not implement: accepted only when null, else 400 naming them.
 UNSUPPORTED_CHAT_FIELDS = (
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "audio",
@@ -46,18 +54,66 @@ class ResponseFormat(_Request):
     json_schema: dict[str, Any] | None = None
 
 
+class ImageURL(_Request):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Request):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCallIn(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # name, tool_call_id, refusal... carry no text we render
+    model_config = ConfigDict(extra="ignore")  # refusal, audio... carry nothing a template renders
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages
 
     def text(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinitionIn(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class _SamplingFields(_Request):
@@ -102,6 +158,15 @@ class _SamplingFields(_Request):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    def sampling_options(self) -> SamplingOptions:
+        return SamplingOptions(
+            n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty, seed=self.seed,
+            stop=None if self.stop is None else tuple(self.stop_list()), logit_bias=self.logit_bias or {},
+            ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
+        )  # fmt: skip
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
@@ -114,8 +179,8 @@ class ChatCompletionRequest(_SamplingFields):
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
     reasoning_effort: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinitionIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
@@ -162,10 +227,23 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None  # vLLM's field: a thinking model's reasoning, apart from its answer
 
 
 class ChatChoice(BaseModel):
@@ -185,9 +263,34 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class _WithoutNulls(BaseModel):
+    """Leaves out unset fields: in a streamed call's later deltas a null `type` or `name` would replace
+    what the first delta said (the openai SDK's accumulator assigns `type` as it comes)."""
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class FunctionCallDelta(_WithoutNulls):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_WithoutNulls):
+    """A piece of a streamed call: the first carries its id, type and name, the next ones arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

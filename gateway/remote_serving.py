@@ -42,7 +42,7 @@ def _usage(data: dict[str, Any]) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-async def _admit(call: CallContext, payload: dict[str, Any]) -> Admission:
+async def admit_remote(call: CallContext, payload: dict[str, Any]) -> Admission:
     admission = await call.access.admit(
         call.principal, call.request.state.tandem_model, _reservation(payload)
     )
@@ -53,7 +53,7 @@ async def _admit(call: CallContext, payload: dict[str, Any]) -> Admission:
 async def _unary(
     call: CallContext, remote: RemoteModel, payload: dict[str, Any], method: str, requested: str
 ):
-    admission = await _admit(call, payload)
+    admission = await admit_remote(call, payload)
     remote.in_flight += 1
     prompt = completion = 0
     try:
@@ -70,7 +70,7 @@ async def _streamed(
 ) -> StreamingResponse:
     client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     payload = {**payload, "stream_options": {"include_usage": True}}  # so usage can be settled exactly
-    admission = await _admit(call, payload)
+    admission = await admit_remote(call, payload)
     remote.in_flight += 1
     try:
         chunks = await getattr(remote.upstream(), method)(requested, payload)

@@ -21,7 +21,7 @@ DEMO_HINT = (
     "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, point a "
     "model entry's `path` at {what} in config/tandem.yaml (or in a file given by --config / TANDEM_CONFIG)."
 )
-REAL_MODEL = {"llamacpp": "a GGUF file", "paged": "a Hugging Face checkpoint directory"}
+REAL_MODEL = {"llamacpp": "a GGUF file", "paged": "a Hugging Face checkpoint directory or a GGUF file"}
 
 
 def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
@@ -53,6 +53,16 @@ def ensure_model_files(spec: ModelSpec, key: str, source: str) -> Path:
         raise ConfigError(
             source, [(f"{key}.path", f"cannot load {path}: not a readable model ({exc})")]
         ) from None
+    if spec.backend == "paged":  # an architecture or quantization the engine cannot run fails now
+        from backends.inspect import check_paged_servable
+        from backends.paged.model_config import UnsupportedModelError
+
+        try:
+            check_paged_servable(path)
+        except UnsupportedModelError as exc:
+            raise ConfigError(
+                source, [(f"{key}.path", f"the paged engine cannot serve {path}: {exc}")]
+            ) from None
     if spec.demo == "tiny":
         hint = DEMO_HINT.format(what=REAL_MODEL.get(spec.backend or "", "a model"))
         logger.info("model %r: demo model at %s. %s", spec.name, path, hint)

@@ -73,6 +73,7 @@ class Generation:
             lease.release()
             raise
         self.prompt_tokens = prepared.prompt_tokens
+        self.prompt = prepared.prompt  # chat: the rendered conversation (which tool-call format it teaches)
         self._finished = 0
         self.completion_tokens = 0
         self.started_ns = time.perf_counter_ns()

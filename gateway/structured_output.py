@@ -14,7 +14,7 @@ from gateway.errors import bad_request
 from gateway.openai_protocol import ResponseFormat
 
 
-def _checked(spec: StructuredOutput, param: str) -> StructuredOutput:
+def checked_structured(spec: StructuredOutput, param: str) -> StructuredOutput:
     try:
         validate(spec)
     except InvalidStructuredOutputError as exc:
@@ -33,7 +33,7 @@ def openai_structured(response_format: ResponseFormat | None) -> StructuredOutpu
         param = "response_format.json_schema.schema"
         raise bad_request(f"'{param}' must be a JSON Schema object.", param=param)
     # no sort_keys: the order of the properties is the order they are generated in
-    return _checked(StructuredOutput("json_schema", json.dumps(schema)), "response_format")
+    return checked_structured(StructuredOutput("json_schema", json.dumps(schema)), "response_format")
 
 
 def ollama_structured(format_: str | dict[str, Any] | None) -> StructuredOutput | None:
@@ -42,5 +42,5 @@ def ollama_structured(format_: str | dict[str, Any] | None) -> StructuredOutput 
     if format_ == "json":
         return StructuredOutput("json_object")
     if isinstance(format_, dict):
-        return _checked(StructuredOutput("json_schema", json.dumps(format_)), "format")
+        return checked_structured(StructuredOutput("json_schema", json.dumps(format_)), "format")
     raise bad_request(f'invalid format {format_!r}: use "json" or a JSON schema', param="format")

@@ -226,7 +226,7 @@ def test_malformed_json(server):
         ({"model": "tiny"}, "messages"),
         ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": "tiny", "messages": CHAT, "surprise": 1}, "surprise"),
-        ({"model": "tiny", "messages": CHAT, "tools": [{"type": "function"}]}, "tools"),
+        ({"model": "tiny", "messages": CHAT, "tools": [{"type": "function"}]}, "tools[0].function"),
         ({"model": "tiny", "messages": CHAT, "logit_bias": {"99999999": 1}}, "logit_bias"),
     ],
 )

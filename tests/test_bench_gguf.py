@@ -19,7 +19,7 @@ def test_single_stream_benchmark_on_the_tiny_gguf(tiny_llama, tmp_path, capsys):
             "--threads", "1", "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     record = json.loads(out.read_text())
-    assert record["environment"]["command"].startswith("tandem bench single-stream --model")
+    assert record["environment"]["command"].startswith("python -m bench.single_stream --model")
     assert [r["runner"] for r in record["results"]] == list(RUNNERS)
     for result in record["results"]:
         assert result["prefill_tok_s"] > 0 and result["decode_tok_s"] > 0

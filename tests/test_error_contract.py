@@ -25,13 +25,15 @@ from backends.base import (
     BackendHealth,
     BackendState,
     BackendUnavailableError,
-    ChatMessage,
     FinishReason,
     GenerationChunk,
     GenerationFailedError,
     GenerationRequest,
+    Prompt,
     QueueFullError,
+    RenderOptions,
 )
+from backends.conversation import Conversation
 from backends.remote.upstream import UpstreamError
 from backends.stats import BackendStats
 from backends.structured import InvalidStructuredOutputError
@@ -106,8 +108,9 @@ class ScriptedBackend:
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
 
-    def apply_chat_template(self, messages: list[ChatMessage]) -> str:
-        return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant: "
+    def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:
+        text = "".join(f"{m.role}: {m.text}\n" for m in conversation.messages) + "assistant: "
+        return Prompt(self.tokenize(text), text)
 
     def generate(self, request: GenerationRequest) -> _ScriptedStream:
         if self.refuse is not None:

@@ -172,9 +172,61 @@ def test_models_list_shows_routes_and_upstreams(gateway):
     assert "upstream-*" not in cards
 
 
-def test_ollama_api_refuses_remote_models_clearly(gateway):
-    response = httpx.post(f"{gateway.base_url}/api/chat", json={"model": "up", "messages": CHAT})
+def test_ollama_generate_refuses_remote_models_clearly(gateway):
+    response = httpx.post(f"{gateway.base_url}/api/generate", json={"model": "up", "prompt": "Hi"})
     assert response.status_code == 400 and "/v1" in response.json()["error"]
+
+
+_TIME = {"type": "object", "properties": {"utc": {"type": "boolean"}}, "required": ["utc"]}
+_TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": _TIME}}]
+
+
+@pytest.mark.parametrize("name", ["up", "up-litellm"])
+def test_tool_calls_and_results_pass_through_to_the_upstream(gateway, upstream, name):
+    named = {"type": "function", "function": {"name": "get_time"}}
+    kwargs = {"messages": CHAT, "max_tokens": 200, "temperature": 0, "tools": _TOOLS, "tool_choice": named}
+    routed = gateway.openai().chat.completions.create(model=name, **kwargs).choices[0]
+    direct = upstream.openai().chat.completions.create(model="tiny", **kwargs).choices[0]
+    assert routed.finish_reason == "tool_calls"
+    assert routed.message.tool_calls[0].function.arguments == direct.message.tool_calls[0].function.arguments
+    call = routed.message.tool_calls[0].model_dump()
+    tool = {"role": "tool", "tool_call_id": call["id"]}
+    history = [*CHAT, {"role": "assistant", "tool_calls": [call]}, tool]
+    sizes = [
+        gateway.openai()
+        .chat.completions.create(
+            model=name, messages=[*history[:2], {**history[2], "content": result}], max_tokens=1, tools=_TOOLS
+        )
+        .usage.prompt_tokens
+        for result in ("1", "one two three four five six")
+    ]
+    assert sizes[1] > sizes[0]  # the tool result reached the upstream's prompt
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ollama_chat_is_translated_for_a_remote_upstream(gateway, upstream, stream):
+    import ollama
+
+    shape = {"type": "object", "properties": {"name": {"const": "get_time"}, "arguments": _TIME},
+             "required": ["name", "arguments"]}  # fmt: skip
+    client = ollama.Client(host=gateway.base_url)
+    options = {"temperature": 0, "num_predict": 200}
+    direct = client.chat(model="tiny", messages=CHAT, tools=_TOOLS, format=shape, options=options)
+    answer = client.chat(model="up", messages=CHAT, tools=_TOOLS, format=shape, options=options,
+                         stream=stream)  # fmt: skip
+    parts = list(answer) if stream else [answer]
+    calls = [c for part in parts for c in part.message.tool_calls or ()]
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+        (c.function.name, dict(c.function.arguments)) for c in direct.message.tool_calls
+    ]
+    assert parts[-1].done and parts[-1].eval_count > 0
+    plain = client.chat(model="up", messages=CHAT, options={"temperature": 0, "num_predict": 8})
+    assert (
+        plain.message.content
+        == client.chat(
+            model="tiny", messages=CHAT, options={"temperature": 0, "num_predict": 8}
+        ).message.content
+    )
 
 
 # ---- the router's choices, without servers --------------------------------------------------------------

@@ -30,9 +30,12 @@ from backends.base import (
     ChatMessage,
     GenerationFailedError,
     GenerationRequest,
+    Prompt,
     QueueFullError,
+    RenderOptions,
 )
 from backends.chat_template import ChatTemplate, ChatTemplateError
+from backends.conversation import Conversation
 from backends.lifecycle import Lifecycle
 from backends.llamacpp import CAPABILITIES
 from backends.llamacpp.embedder import LlamaEmbedder
@@ -40,6 +43,7 @@ from backends.llamacpp.session import LlamaSession
 from backends.stats import BackendStats
 from backends.streams import ChunkSink, RequestStream
 from backends.structured import validate as validate_structured
+from backends.tool_prompt import render_prompt
 
 logger = logging.getLogger("tandem.llamacpp")
 
@@ -141,6 +145,12 @@ class LlamaCppBackend:
                 f"model {self._model_name!r} has no chat template in its GGUF metadata; use /v1/completions"
             )
         return self._template.render(messages)
+
+    def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:
+        def tokenize(text: str) -> list[int]:
+            return self._session.tokenize(text, add_special_tokens=False)  # the template has its BOS text
+
+        return render_prompt(self._template, conversation, options, tokenize, self._model_name)
 
     def generate(self, request: GenerationRequest) -> RequestStream:
         if request.sampling.structured is not None:

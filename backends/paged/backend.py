@@ -36,9 +36,12 @@ from backends.base import (
     GenerationChunk,
     GenerationFailedError,
     GenerationRequest,
+    Prompt,
     QueueFullError,
+    RenderOptions,
     TokenLogprob,
 )
+from backends.conversation import Conversation
 from backends.lifecycle import Lifecycle
 from backends.paged import CAPABILITIES
 from backends.paged.config import EngineConfig
@@ -46,6 +49,7 @@ from backends.paged.engine import LLMEngine, RequestOutput
 from backends.paged.tokenizer import Tokenizer
 from backends.stats import BackendStats
 from backends.text_stream import TextAssembler
+from backends.tool_prompt import render_prompt
 
 log = logging.getLogger("tandem.paged")
 
@@ -211,6 +215,13 @@ class PagedBackend:
 
     def apply_chat_template(self, messages: list[ChatMessage]) -> str:
         return self._tokenizer.apply_chat_template(messages)
+
+    def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:
+        def tokenize(text: str) -> list[int]:
+            return self._tokenizer.encode(text, add_special_tokens=False)  # the template has its BOS text
+
+        template = self._tokenizer.chat_template
+        return render_prompt(template, conversation, options, tokenize, self.model_name)
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         raise BackendError(f"model {self.model_name!r} (backend paged) does not serve embeddings")

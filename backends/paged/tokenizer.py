@@ -152,6 +152,10 @@ class Tokenizer:
     def decode(self, token_ids: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
 
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        return self._chat_template
+
     def apply_chat_template(self, messages: list[ChatMessage]) -> str:
         if self._chat_template is None:
             raise ChatTemplateError(

@@ -136,15 +136,20 @@ class RemoteUpstream:
             raise _error(exc) from exc
         return _clean(response.model_dump(exclude_none=True))
 
+    def _chat_arguments(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        # litellm (1.106) sends any request with tools through its MCP gateway check, which imports the
+        # `mcp` package (litellm's proxy extra, not installed here); tandem passes function tools only
+        return {**self._arguments(requested_model, payload), "_skip_mcp_handler": True}
+
     async def chat(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        arguments = self._arguments(requested_model, payload)
+        arguments = self._chat_arguments(requested_model, payload)
         return await self._answer(lambda: self._litellm.acompletion(**arguments, stream=False))
 
     async def chat_stream(
         self, requested_model: str, payload: Mapping[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
         """Opens the stream now (so a refusal surfaces before any response starts) and yields its chunks."""
-        arguments = self._arguments(requested_model, payload)
+        arguments = self._chat_arguments(requested_model, payload)
         return await _open(lambda: self._litellm.acompletion(**arguments, stream=True), self.config.timeouts)
 
     async def completion_stream(

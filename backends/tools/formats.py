@@ -42,17 +42,17 @@ def object_call(text: str, start: int, final: bool) -> tuple[PartialCall | None,
         if arguments_at < len(text) and text[arguments_at] == '"':
             return PartialCall(name=name), None, False  # arguments as a JSON string: decoded when whole
         arguments_end = value_end(text, arguments_at)
-        arguments = text[arguments_at:arguments_end] if arguments_end else text[arguments_at:].rstrip()
-        return PartialCall(name=name, arguments=arguments), None, False
+        so_far = text[arguments_at:arguments_end] if arguments_end else text[arguments_at:].rstrip()
+        return PartialCall(name=name, arguments=so_far), None, False
     try:
         whole = json.loads(text[position:end])
     except ValueError:
         return None, None, True
     if not isinstance(whole, dict):
         return None, None, True
-    name = whole.get("name", whole.get("function"))
+    call_name = whole.get("name", whole.get("function"))
     arguments = whole["arguments"] if "arguments" in whole else whole.get("parameters")
-    if not isinstance(name, str) or arguments is None:
+    if not isinstance(call_name, str) or arguments is None:
         return None, None, True
     if isinstance(arguments, str):
         text_arguments = arguments  # some models write the arguments as a string holding the JSON
@@ -62,7 +62,7 @@ def object_call(text: str, start: int, final: bool) -> tuple[PartialCall | None,
     else:
         text_arguments = json.dumps(arguments, ensure_ascii=False)
     # an "id" key (Mistral Nemo) comes after the arguments, too late for a stream's first delta: not used
-    return PartialCall(name=name, arguments=text_arguments, complete=True), end, False
+    return PartialCall(name=call_name, arguments=text_arguments, complete=True), end, False
 
 
 def object_array(text: str, start: int, final: bool) -> RegionParse:

@@ -31,7 +31,8 @@ class ReasoningParser:
         return self._drain(final=True)
 
     def _drain(self, final: bool) -> ReasoningDelta:
-        reasoning, content = [], []
+        reasoning: list[str] = []
+        content: list[str] = []
         while self._buffer:
             marker = self._end if self._inside else self._start
             at = self._buffer.find(marker)
