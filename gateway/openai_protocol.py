@@ -178,7 +178,9 @@ class ChatCompletionRequest(_SamplingFields):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
-    reasoning_effort: str | None = None
+    # thinking models: "none"/"minimal" turn the template's thinking off, the others on; a model that
+    # cannot think refuses it (400), as OpenAI's non-reasoning models do
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     tools: list[ToolDefinitionIn] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     functions: list[dict[str, Any]] | None = None

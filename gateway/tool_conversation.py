@@ -116,7 +116,9 @@ def openai_conversation(body: ChatCompletionRequest) -> Conversation:
     call_ids: set[str] = set()
     messages = tuple(_openai_message(m, i, call_ids) for i, m in enumerate(body.messages))
     parallel = True if body.parallel_tool_calls is None else body.parallel_tool_calls
-    return Conversation(messages, tools, _tool_choice(body.tool_choice, tools), parallel)
+    effort = body.reasoning_effort
+    thinking = None if effort is None else effort not in ("none", "minimal")
+    return Conversation(messages, tools, _tool_choice(body.tool_choice, tools), parallel, thinking)
 
 
 def _ollama_message(

@@ -332,6 +332,18 @@ def test_think_on_a_model_that_cannot_think_is_refused(server):
     assert response.status_code == 200  # thinking off is what such a model does anyway
 
 
+def test_reasoning_effort_maps_to_the_thinking_switch(server):
+    """OpenAI's reasoning_effort is the template's thinking switch: refused where the model cannot think,
+    "none" accepted everywhere, an unknown level a 400 naming the field."""
+    body = {"model": "tiny", "messages": ASK, "max_tokens": 1}
+    refused = httpx.post(f"{server.v1}/chat/completions", json={**body, "reasoning_effort": "high"})
+    assert refused.status_code == 400 and "does not support thinking" in refused.json()["error"]["message"]
+    off = httpx.post(f"{server.v1}/chat/completions", json={**body, "reasoning_effort": "none"})
+    assert off.status_code == 200, off.text
+    bad = httpx.post(f"{server.v1}/chat/completions", json={**body, "reasoning_effort": "extreme"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "reasoning_effort"
+
+
 def test_an_unknown_tool_parser_is_a_config_error():
     from pydantic import ValidationError
 
