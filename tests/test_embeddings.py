@@ -70,3 +70,17 @@ def test_ollama_embed_and_legacy(dev_server):
         client.embed(model="tiny", input="word " * 5000, truncate=False)
     legacy = client.embeddings(model="tiny", prompt=TEXTS[0])
     assert np.allclose(legacy.embedding, openai_vector, atol=1e-5)
+
+
+def test_an_over_long_text_is_cut_or_refused_before_tokenizing(dev_server):
+    """A text no context can hold (more than 32 bytes a token) is refused on /v1 and cut on Ollama's
+    /api/embed (truncate defaults to true), without tokenizing megabytes on the server."""
+    huge = "word " * 200_000  # 1 MB: over what the 2048-token context can hold at any tokenization
+    refused = httpx.post(f"{dev_server.v1}/embeddings", json={"model": "tiny", "input": huge}, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    cut = httpx.post(f"{dev_server.base_url}/api/embed", json={"model": "tiny", "input": huge}, timeout=60)
+    assert cut.status_code == 200, cut.text
+    assert len(cut.json()["embeddings"]) == 1
+    strict = {"model": "tiny", "input": huge, "truncate": False}
+    assert httpx.post(f"{dev_server.base_url}/api/embed", json=strict, timeout=60).status_code == 400

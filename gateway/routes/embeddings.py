@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -9,10 +10,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from backends.base import Backend
 from gateway.deps import CallContext, CallDep
 from gateway.dispatch import dispatch
 from gateway.durations import parse_keep_alive
 from gateway.errors import bad_request
+from gateway.generation import BYTES_PER_TOKEN, utf8_size
 from gateway.ollama_protocol import (
     EmbedRequest,
     EmbedResponse,
@@ -53,25 +56,8 @@ async def _embed(
                 param="model",
                 code="unsupported_model",
             )
-        inputs = []
-        for item in texts_or_ids:
-            if isinstance(item, str):
-                if not item:
-                    raise bad_request("input must not contain empty strings", param="input")
-                ids = backend.tokenize(item, add_special_tokens=True)
-            else:
-                if not item or any(not 0 <= t < backend.vocab_size for t in item):
-                    raise bad_request(f"token ids must be in [0, {backend.vocab_size})", param="input")
-                ids = item
-            if len(ids) > backend.context_length:
-                if not truncate:
-                    raise bad_request(
-                        f"input of {len(ids)} tokens exceeds the context length {backend.context_length}",
-                        param="input",
-                        code="context_length_exceeded",
-                    )
-                ids = ids[: backend.context_length]
-            inputs.append(ids)
+        # tokenizing is CPU work: off the event loop, like chat prompts
+        inputs = await asyncio.to_thread(_token_inputs, backend, texts_or_ids, truncate)
         tokens = sum(len(ids) for ids in inputs)
         admission = await call.access.admit(call.principal, model.spec.name, tokens)
         call.request.state.ratelimit_headers = admission.headers
@@ -82,6 +68,44 @@ async def _embed(
         return vectors, tokens, lease
     finally:
         lease.release()
+
+
+def _token_inputs(
+    backend: Backend, texts_or_ids: list[str] | list[list[int]], truncate: bool
+) -> list[list[int]]:
+    context = backend.context_length
+    inputs = []
+    for item in texts_or_ids:
+        if isinstance(item, str):
+            if not item:
+                raise bad_request("input must not contain empty strings", param="input")
+            limit = (
+                context * BYTES_PER_TOKEN
+            )  # no text past it fits the context: refuse or cut before tokenizing
+            if utf8_size(item) > limit:
+                if not truncate:
+                    raise bad_request(
+                        f"input of {utf8_size(item)} bytes is more than the context length {context} "
+                        f"can hold (at most {BYTES_PER_TOKEN} bytes a token)",
+                        param="input",
+                        code="context_length_exceeded",
+                    )
+                item = item.encode("utf-8", errors="surrogatepass")[:limit].decode("utf-8", errors="ignore")
+            ids = backend.tokenize(item, add_special_tokens=True)
+        else:
+            if not item or any(not 0 <= t < backend.vocab_size for t in item):
+                raise bad_request(f"token ids must be in [0, {backend.vocab_size})", param="input")
+            ids = item
+        if len(ids) > context:
+            if not truncate:
+                raise bad_request(
+                    f"input of {len(ids)} tokens exceeds the context length {context}",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+            ids = ids[:context]
+        inputs.append(ids)
+    return inputs
 
 
 def _openai_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
