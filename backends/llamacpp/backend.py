@@ -27,14 +27,13 @@ from backends.base import (
     BackendCapabilities,
     BackendHealth,
     BackendState,
-    ChatMessage,
     GenerationFailedError,
     GenerationRequest,
     Prompt,
     QueueFullError,
     RenderOptions,
 )
-from backends.chat_template import ChatTemplate, ChatTemplateError
+from backends.chat_template import ChatTemplate
 from backends.conversation import Conversation
 from backends.lifecycle import Lifecycle
 from backends.llamacpp import CAPABILITIES
@@ -138,13 +137,6 @@ class LlamaCppBackend:
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._session.tokenize(text, add_special_tokens=add_special_tokens)
-
-    def apply_chat_template(self, messages: list[ChatMessage]) -> str:
-        if self._template is None:
-            raise ChatTemplateError(
-                f"model {self._model_name!r} has no chat template in its GGUF metadata; use /v1/completions"
-            )
-        return self._template.render(messages)
 
     def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:
         def tokenize(text: str) -> list[int]:
