@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from backends.base import BackendError, StructuredOutput
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 # Whitespace allowed between two JSON tokens. Unbounded, a model can pad with blanks until max_tokens;
@@ -137,6 +136,8 @@ class GrammarMatcher:
 
     def allowed_mask(self) -> np.ndarray:
         """The allowed next tokens as a bool array over the vocabulary (for one-sequence samplers)."""
+        import numpy as np  # not at import: the gateway validates schemas with this module, numpy-free
+
         if self._bits is None:
             self._bits = np.empty((1, math.ceil(self.vocab_size / 32)), dtype=np.int32)
         self.fill_bitmask(self._bits, 0)

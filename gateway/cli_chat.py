@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is imported when `tandem chat` runs, not by every `tandem` command
+    import httpx
 
 DEFAULT_URL = os.environ.get("TANDEM_URL", "http://127.0.0.1:8000")
 QUOTES = '"""'
@@ -202,6 +203,8 @@ def _converse(session: ChatSession) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    import httpx
+
     url = args.url.rstrip("/")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would cut into the chat
     # no read timeout: a large model may take minutes to load or to answer, and Ctrl-C ends a wait

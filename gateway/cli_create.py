@@ -9,8 +9,6 @@ import re
 import sys
 from pathlib import Path
 
-import httpx
-
 from gateway.modelfile import ModelfileError, parse_modelfile
 
 DEFAULT_URL = os.environ.get("TANDEM_URL", "http://127.0.0.1:8000")
@@ -29,6 +27,8 @@ def _absolute_from(text: str, directory: Path) -> str:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    import httpx  # not imported by every `tandem` command
+
     path = Path(args.file)
     try:
         text = path.read_text()

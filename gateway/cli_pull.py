@@ -8,18 +8,10 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import httpx
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # httpx and rich are imported when `tandem pull` runs, not by every `tandem` command
+    from rich.console import Console
 
 DEFAULT_URL = os.environ.get("TANDEM_URL", "http://127.0.0.1:8000")
 
@@ -32,6 +24,16 @@ def api_headers() -> dict[str, str]:
 
 def _show(lines: Iterator[str], console: Console) -> int:
     """Ollama's pull stream: one progress bar per file on a terminal, one line per finished file otherwise."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())  # fmt: skip
     bars: dict[str, TaskID] = {}
@@ -63,6 +65,9 @@ def _show(lines: Iterator[str], console: Console) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+
     body = {"model": args.reference, "stream": True, **({"name": args.name} if args.name else {})}
     url = args.url.rstrip("/")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its per-request INFO lines are noise here

@@ -17,19 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from huggingface_hub import HfApi, constants, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    HTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-
 PREFIXES = ("hf://", "https://huggingface.co/", "huggingface.co/", "hf.co/")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a checkpoint needs (weights, config, tokenizer, generation defaults), not READMEs, images or
@@ -130,6 +117,20 @@ ByteCounter = Callable[[int], None]  # told each chunk's size as it arrives (gat
 
 
 def hub_error(exc: Exception, reference: HubReference, endpoint: str | None = None) -> PullError:
+    # huggingface_hub (with httpx, httpcore and h2 under it) is imported by a pull, not by `tandem serve`
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        HTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     """The Hub's failures as client statuses: 404 for what does not exist upstream, 502 for the Hub itself."""
     repo = reference.repo_id
     if isinstance(exc, PullError):
@@ -207,6 +208,8 @@ def _choose(reference: HubReference, paths: list[str]) -> tuple[Literal["llamacp
 
 def plan_pull(reference: HubReference, root: Path, *, endpoint: str | None = None) -> PullPlan:
     """Ask the Hub what the repo holds (one request, bounded by HF_HUB_ETAG_TIMEOUT) and pick the files."""
+    from huggingface_hub import HfApi, constants
+
     try:
         info = HfApi(endpoint=endpoint).model_info(
             reference.repo_id, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
@@ -272,6 +275,8 @@ def download(
     huggingface_hub's retries. One hf_hub_download per file rather than snapshot_download, which is the
     same thing underneath, because snapshot_download only reports progress summed over all files.
     """
+    from huggingface_hub import hf_hub_download
+
     for file in plan.files:
         fresh: list[bool] = []  # a progress bar was opened: bytes moved, so the digest is worth checking
         try:

@@ -9,11 +9,14 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from backends.remote.direct import DirectUpstream
 from backends.remote.upstream import RemoteUpstream, UpstreamConfig
 from gateway.config import ModelSpec, Profile
 from gateway.registry import ManagedModel, ModelManager
+
+if TYPE_CHECKING:
+    from backends.remote.direct import DirectUpstream  # aiohttp: imported when a remote model is first used
 
 LATENCY_SMOOTHING = 0.3  # weight of the newest observation in the moving average
 
@@ -33,7 +36,12 @@ class RemoteModel:
             key = os.environ.get(remote.api_key_env) if remote.api_key_env else None
             timeouts = remote.timeouts(self.spec.timeout_s)
             config = UpstreamConfig(remote.api_base, remote.model, key, remote.provider, timeouts)
-            self._upstream = RemoteUpstream(config) if remote.via_litellm else DirectUpstream(config)
+            if remote.via_litellm:
+                self._upstream = RemoteUpstream(config)
+            else:
+                from backends.remote.direct import DirectUpstream
+
+                self._upstream = DirectUpstream(config)
         return self._upstream
 
     async def aclose(self) -> None:

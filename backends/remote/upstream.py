@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from backends.base import BackendError
 
 logger = logging.getLogger("tandem.remote")
@@ -104,6 +102,8 @@ class RemoteUpstream:
         self._litellm = _litellm()
 
     def _arguments(self, requested_model: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        import httpx  # litellm imports it anyway; `tandem serve` without remote models need not
+
         config, timeouts = self.config, self.config.timeouts
         arguments: dict[str, Any] = {
             "model": f"{config.provider}/{config.model or requested_model}",

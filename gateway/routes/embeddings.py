@@ -6,7 +6,6 @@ import asyncio
 import base64
 import time
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -35,6 +34,8 @@ def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
     """`dimensions`: keep the first N components and renormalize, as OpenAI's text-embedding-3 does."""
     if dimensions is None or dimensions >= len(vector):
         return vector
+    import numpy as np  # not at import: `tandem serve` need not load numpy before a model does
+
     head = np.asarray(vector[:dimensions], dtype=np.float32)
     norm = float(np.linalg.norm(head))
     return (head / norm if norm > 0 else head).tolist()
@@ -131,6 +132,8 @@ async def openai_embeddings(body: EmbeddingRequest, call: CallDep) -> EmbeddingL
 
 
 async def _serve_openai(call: CallContext, body: EmbeddingRequest, model: ManagedModel) -> EmbeddingList:
+    import numpy as np
+
     vectors, tokens, _ = await _embed(call, model, _openai_inputs(body.input), truncate=False)
     data = []
     for index, vector in enumerate(vectors):
