@@ -18,7 +18,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from backends.chat_template import ChatTemplate
-from backends.paged.gguf_metadata import GGUFValues, read_gguf_metadata
+from backends.paged.gguf_file import GGUFValues, read_gguf_metadata
 from backends.paged.model_config import UnsupportedModelError
 from backends.paged.tokenizer import Tokenizer, gpt2_unicode_to_byte
 
