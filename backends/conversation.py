@@ -109,6 +109,8 @@ class Conversation:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
     thinking: bool | None = None  # None: the template's default; True/False: its switch (enable_thinking)
+    # a level ("low", "medium", "high") for templates that read one (gpt-oss's `reasoning_effort`)
+    reasoning_effort: str | None = None
 
     @property
     def images(self) -> tuple[ImagePart, ...]:

@@ -69,7 +69,8 @@ def template_message(
     if message.name is not None:
         rendered["name"] = message.name
     if message.reasoning is not None:
-        rendered["reasoning_content"] = message.reasoning
+        # Qwen3 and DeepSeek templates read reasoning_content, gpt-oss's reads thinking (as Ollama names it)
+        rendered["reasoning_content"] = rendered["thinking"] = message.reasoning
     return rendered
 
 
@@ -105,6 +106,8 @@ def template_variables(
     }
     if conversation.thinking is not None:
         variables["enable_thinking"] = conversation.thinking
+    if conversation.reasoning_effort is not None:
+        variables["reasoning_effort"] = conversation.reasoning_effort
     if _FUNCTIONS_VARIABLE.search(template) and not _TOOLS_VARIABLE.search(template):
         # firefunction v2 reads its tools as `functions` (JSON text) and the time as `datetime`, the
         # variables llama.cpp's server gives it

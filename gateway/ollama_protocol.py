@@ -84,7 +84,7 @@ class _OllamaRequest(_Lenient):
 class ChatRequest(_OllamaRequest):
     messages: list[OllamaMessage] = Field(default_factory=list)
     tools: list[OllamaTool] | None = None
-    think: bool | str | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
 
 class GenerateRequest(_OllamaRequest):
@@ -95,7 +95,7 @@ class GenerateRequest(_OllamaRequest):
     template: str | None = None
     raw: bool = False
     context: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT)]] | None = None  # token ids
-    think: bool | str | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
 
 class ShowRequest(_Lenient):

@@ -118,7 +118,8 @@ def openai_conversation(body: ChatCompletionRequest) -> Conversation:
     parallel = True if body.parallel_tool_calls is None else body.parallel_tool_calls
     effort = body.reasoning_effort
     thinking = None if effort is None else effort not in ("none", "minimal")
-    return Conversation(messages, tools, _tool_choice(body.tool_choice, tools), parallel, thinking)
+    level = effort if effort in ("low", "medium", "high") else None
+    return Conversation(messages, tools, _tool_choice(body.tool_choice, tools), parallel, thinking, level)
 
 
 def _ollama_message(
@@ -163,4 +164,5 @@ def ollama_conversation(body: ChatRequest) -> Conversation:
     messages = tuple(_ollama_message(m, i, open_calls, count) for i, m in enumerate(body.messages))
     # think: true, false, or a level ("low", "medium", "high": gpt-oss), which turns thinking on
     thinking = None if body.think is None else body.think is not False
-    return Conversation(messages, tools, thinking=thinking)
+    level = body.think if isinstance(body.think, str) else None
+    return Conversation(messages, tools, thinking=thinking, reasoning_effort=level)

@@ -113,3 +113,22 @@ def test_thinking_switch_reaches_the_template():
     rendered = ChatTemplate(source, "", "<|im_end|>").render_conversation(conversation)
     assert rendered == _reference(source, conversation, "", "<|im_end|>")
     assert rendered.endswith("<think>\n\n</think>\n\n")
+
+
+def test_gpt_oss_reads_the_effort_level_and_earlier_reasoning_as_thinking():
+    source = (templates_dir() / "openai-gpt-oss-120b.jinja").read_text()
+    conversation = Conversation(
+        messages=(
+            Message.of_text(Role.USER, "What's the weather in Paris?"),
+            Message(Role.ASSISTANT, tool_calls=(CALL,), reasoning="The user wants Paris's weather."),
+            Message(Role.TOOL, (TextPart('{"temperature": 18}'),), tool_call_id=CALL.id, name="get_weather"),
+        ),
+        tools=(WEATHER_TOOL,),
+        thinking=True,
+        reasoning_effort="high",
+    )
+    rendered = ChatTemplate(source, "", "<|return|>").render_conversation(conversation)
+    assert rendered == _reference(source, conversation, "", "<|return|>")
+    assert "Reasoning: high" in rendered
+    # the reasoning that led to a call is shown to the model again, on the analysis channel
+    assert "<|channel|>analysis<|message|>The user wants Paris's weather." in rendered
