@@ -17,7 +17,7 @@ LLAMA_SDIST := $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 # Programs the tests drive for real (Debian package: program it provides).
 SYSTEM_PACKAGES := redis-server:redis-server prometheus:promtool chromium:chromium docker-compose:docker-compose
 
-.PHONY: install system-packages serve test typecheck lint fuzz bench up down clean-venv
+.PHONY: install system-packages serve test typecheck lint fuzz bench llama-server up down clean-venv
 
 install: system-packages $(STAMP)
 
@@ -52,7 +52,7 @@ $(STAMP): pyproject.toml Makefile $(LLAMA_SDIST)
 		CMAKE_ARGS="$(LLAMA_WHEEL_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEEL_CACHE) \
 			$(LLAMA_SDIST); \
 	fi
-	$(PIP) install -q $(FIND_LINKS) -e ".[dev]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[dev,bench]"
 	touch $(STAMP)
 
 serve: install
@@ -75,6 +75,11 @@ fuzz: install  # a longer schemathesis run than make test's (tests/test_fuzz.py)
 
 bench: install
 	$(VENV)/bin/tandem bench throughput $(ARGS)
+
+# `tandem bench serve`'s C++ anchor: llama.cpp's llama-server from the same vendored sources as the wheel,
+# compiled once into ~/.cache/tandem/llama-server (minutes; LLAMA_SERVER_JOBS=N for more cores)
+llama-server: $(LLAMA_SDIST)
+	SDIST_DIR=$(SDIST_DIR) LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) PYTHON=$(PYTHON) bench/build_llama_server.sh
 
 up:  # the stack: gateway, redis, prometheus, grafana (add the GPU engine: docker-compose --profile prod up -d)
 	docker-compose up -d

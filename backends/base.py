@@ -28,20 +28,23 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True)
 class StructuredOutput:
-    """Constrained decoding: the output must be one JSON object, matching `schema` when one is given.
+    """Constrained decoding: the output must be one JSON object, matching `schema` when one is given (or,
+    for kind structural_tag, text whose tool calls are constrained).
 
     The schema is kept as JSON text so SamplingParams stays immutable and comparable; it is compiled
     (and checked) by backends.structured.
     """
 
     # tool_calls: a forced tool call (tool_choice required or named), constrained like json_schema to a
-    # schema of the call objects ({"name": ..., "arguments": ...}) that the gateway turns into calls
-    kind: Literal["json_object", "json_schema", "tool_calls"]
-    schema: str | None = None  # JSON text of a JSON Schema; required for json_schema and tool_calls
+    # schema of the call objects ({"name": ..., "arguments": ...}) that the gateway turns into calls.
+    # structural_tag: free text whose tool calls, once opened, are constrained (strict functions under
+    # tool_choice auto); `schema` is then xgrammar's structural-tag JSON (backends.tools.strict), not a schema
+    kind: Literal["json_object", "json_schema", "tool_calls", "structural_tag"]
+    schema: str | None = None  # JSON text; required for every kind but json_object
 
     def __post_init__(self) -> None:
         if (self.kind != "json_object") != (self.schema is not None):
-            raise ValueError("a JSON schema goes with kinds 'json_schema' and 'tool_calls', and only them")
+            raise ValueError("a schema goes with kinds 'json_schema', 'tool_calls' and 'structural_tag' only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class RenderOptions:
     template: str | None = None  # a Jinja chat template replacing the model's own (Modelfile TEMPLATE)
     max_chars: int | None = None  # bound on the replacing template's render
     max_bytes: int | None = None  # a longer rendered prompt is refused (PromptTooLongError) untokenized
+    add_generation_prompt: bool = True  # False: the conversation as it stands (/tokenize asks for it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,7 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingParams
+    adapter: str | None = None  # a LoRA adapter's name (None: the base model), as vLLM's lora_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,7 @@ class GenerationChunk:
     token_ids: list[int]
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None  # the stop string that ended the generation, when one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +241,11 @@ class Backend(Protocol):
         add_special_tokens: prepend BOS where the model wants one (completions); chat prompts pass
         False because the rendered template already carries its own BOS text.
         """
+        ...
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids, special tokens written out (<|im_start|>): what tokenize read them from.
+        Each id must be in [0, vocab_size); a partial UTF-8 sequence shows as U+FFFD."""
         ...
 
     def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:

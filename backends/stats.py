@@ -60,6 +60,7 @@ class EngineStats:
     request_queue_time_s: HistogramSnapshot
     request_prefill_time_s: HistogramSnapshot
     request_decode_time_s: HistogramSnapshot
+    prompt_tokens_computed: int | None = None  # prompt tokens run through the model (hits skip them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """Structured output: compile a StructuredOutput for one vocabulary; match each sequence against it.
 
-xgrammar does the work, as in vLLM and SGLang: a JSON schema (or "any JSON object") becomes a grammar,
-compiled once per vocabulary into token masks; each constrained sequence then gets a matcher that gives,
-at every step, the bitmask of tokens that can continue a valid document, and that allows the vocabulary's
-end-of-sequence tokens only once the document is complete (accepting one terminates the matcher).
+xgrammar does the work, as in vLLM and SGLang: a JSON schema (or "any JSON object", or a structural tag:
+free text with constrained tool calls) becomes a grammar, compiled once per vocabulary into token masks;
+each constrained sequence then gets a matcher that gives, at every step, the bitmask of tokens that can
+continue a valid document, and that allows the vocabulary's end-of-sequence tokens only once the document
+is complete (accepting one terminates the matcher).
 
 Importing this module is cheap and torch-free, so the gateway can call validate(); xgrammar itself
 (which imports torch and transformers, ~2 s) is imported on first use.
@@ -81,6 +82,9 @@ def validate(spec: StructuredOutput) -> None:
         raise InvalidStructuredOutputError(f"the JSON schema is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidStructuredOutputError("the JSON schema must be a JSON object")
+    if spec.kind == "structural_tag":  # built by tandem from the tools' schemas: compiling it checks them
+        _byte_compiler().matcher(spec)
+        return
     if not _byte_compiler().matcher(spec).allowed_mask().any():
         raise InvalidStructuredOutputError(
             'the JSON schema admits no JSON document (does it only refer to itself, as {"$ref": "#"}?)'
@@ -168,9 +172,13 @@ class StructuredCompiler:
 
     def matcher(self, spec: StructuredOutput) -> GrammarMatcher:
         """A fresh matcher at the start of the document; raises InvalidStructuredOutputError."""
-        schema, options = _options(spec)
         try:
-            compiled = self._compiler.compile_json_schema(schema, **options)
+            if spec.kind == "structural_tag":
+                assert spec.schema is not None
+                compiled = self._compiler.compile_structural_tag(spec.schema)
+            else:
+                schema, options = _options(spec)
+                compiled = self._compiler.compile_json_schema(schema, **options)
         except RuntimeError as exc:
             raise _unsupported(exc) from None
         return GrammarMatcher(_xgrammar().GrammarMatcher(compiled), self.vocab_size)

@@ -19,6 +19,7 @@ class TextAssembler:
         self._stop = tuple(s for s in stop if s)
         self._pending = ""  # decoded text not yet released because it may begin a stop string
         self.stopped = False  # a stop string was found; nothing more is released
+        self.matched_stop: str | None = None  # which one (the earliest in the text)
 
     def push(self, token_bytes: bytes) -> str:
         """Add one token's bytes; return the newly releasable text."""
@@ -38,8 +39,9 @@ class TextAssembler:
         if not self._stop:
             return new_text
         buffer = self._pending + new_text
-        cut = min((i for i in (buffer.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
+        hits = [(at, stop) for stop in self._stop if (at := buffer.find(stop)) >= 0]
+        if hits:
+            cut, self.matched_stop = min(hits)
             self.stopped = True
             self._pending = ""
             return buffer[:cut]

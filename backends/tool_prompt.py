@@ -97,7 +97,7 @@ def render_prompt(
     described = bool(conversation.tools) and not own_section
     if not own_section:
         conversation = with_tools_described(conversation)
-    text = template.render_conversation(conversation)
+    text = template.render_conversation(conversation, options.add_generation_prompt)
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if options.max_bytes is not None and size > options.max_bytes:
         raise PromptTooLongError(size)

@@ -15,6 +15,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import TandemHeadersMiddleware
 from gateway.model_store import ModelStore
 from gateway.registry import ModelManager
+from gateway.response_store import open_response_store
 from gateway.routing import Router
 from gateway.settings import Settings
 
@@ -35,6 +36,8 @@ def create_app(
         app.state.store = store
         app.state.access = access
         app.state.router = router
+        # stored responses (/v1/responses) live where the keys do: Redis when configured, else memory
+        app.state.responses = open_response_store(access.settings, settings.responses_retention_s)
         await models.start()  # preloads the models that ask for it
         try:
             yield
@@ -42,6 +45,7 @@ def create_app(
             await models.aclose()
             await router.aclose()
             await access.aclose()
+            await app.state.responses.aclose()
 
     app = FastAPI(title="tandem", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -51,4 +55,6 @@ def create_app(
     for api_routes in routes.API_ROUTERS:
         app.include_router(api_routes, dependencies=[Depends(get_principal)])
     app.include_router(admin_router)  # guarded by the master key itself
+    for admin_routes in routes.ADMIN_ROUTERS:
+        app.include_router(admin_routes)
     return app

@@ -134,6 +134,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 spec.demo or "", " (missing)"
             )
         rows.append((spec.name, spec.backend or "-", ",".join(spec.aliases) or "-", path))  # "-": a route
+        for adapter in spec.adapters:  # a model name of its own, run by this model's backend
+            where = f"{adapter.resolved_path()}{'' if adapter.resolved_path().exists() else ' (missing)'}"
+            rows.append((adapter.name, spec.backend or "-", "-", f"{where} (LoRA adapter of {spec.name})"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows if profile.models else []:
         print(
@@ -148,15 +151,35 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from backends.tiny_model import make_tiny_model
 
-    model = make_tiny_model(Path(args.out_dir), arch=args.arch, seed=args.seed)
-    print(f"GGUF:                    {model.gguf_path}")
-    print(f"Hugging Face checkpoint: {model.hf_dir}")
+    if args.out_dir is None and args.lora is None:
+        print("tandem make-tiny-model: give OUT_DIR, --lora LORA_DIR, or both", file=sys.stderr)
+        return 2
+    base_model = None
+    if args.out_dir is not None:
+        model = make_tiny_model(Path(args.out_dir), arch=args.arch, seed=args.seed)
+        print(f"GGUF:                    {model.gguf_path}")
+        print(f"Hugging Face checkpoint: {model.hf_dir}")
+        base_model = str(model.hf_dir)
+    if args.lora is not None:
+        from backends.tiny_model.lora import make_tiny_lora
+
+        try:
+            lora = make_tiny_lora(Path(args.lora), arch=args.arch, rank=args.rank, alpha=args.alpha,
+                                  targets=tuple(t for t in args.targets.split(",") if t), seed=args.lora_seed,
+                                  use_rslora=args.rslora, base_model=base_model)  # fmt: skip
+        except ValueError as exc:
+            print(f"tandem make-tiny-model: {exc}", file=sys.stderr)
+            return 2
+        print(f"LoRA adapter (PEFT):     {lora.peft_dir}")
+        print(f"LoRA adapter (GGUF):     {lora.gguf_path}")
     return 0
 
 
 BENCHMARKS = {
     "throughput": "the paged engine's offline throughput, next to Hugging Face generate",
     "gateway": "the front door's overhead per request, next to LiteLLM's proxy",
+    "serve": "concurrent streaming chats on the dev profile, next to llama_cpp.server and llama-server",
+    "lora": "the paged engine's offline throughput with 1, 4 and 16 LoRA adapters per batch vs the base",
 }
 
 
@@ -165,6 +188,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from bench.throughput import main as throughput
 
         return throughput(args.bench_args)
+    if args.bench_kind == "serve":
+        from bench.serve import main as serve
+
+        return serve(args.bench_args)
+    if args.bench_kind == "lora":
+        from bench.lora_throughput import main as lora
+
+        return lora(args.bench_args)
     from bench.gateway_overhead import main as gateway
 
     return gateway(args.bench_args)
@@ -193,9 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=cmd_models)
 
     tiny = commands.add_parser("make-tiny-model", help="write tandem's random-weight model (HF + GGUF)")
-    tiny.add_argument("out_dir", help="writes OUT_DIR/hf/ and OUT_DIR/model.gguf")
+    tiny.add_argument("out_dir", nargs="?", help="writes OUT_DIR/hf/ and OUT_DIR/model.gguf")
     tiny.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--lora",
+        metavar="LORA_DIR",
+        help="also (or only) write a random LoRA adapter for that tiny model: "
+        "LORA_DIR/peft/ (PEFT) and LORA_DIR/adapter.gguf (GGUF LoRA), the same numbers",
+    )
+    tiny.add_argument("--rank", type=int, default=8, help="the adapter's rank r")
+    tiny.add_argument("--alpha", type=float, default=16.0, help="the adapter's lora_alpha")
+    tiny.add_argument(
+        "--targets",
+        default="q_proj,k_proj,v_proj,o_proj",
+        help="modules it adapts, among q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    )
+    tiny.add_argument("--lora-seed", type=int, default=1, help="the adapter's random seed")
+    tiny.add_argument("--rslora", action="store_true", help="rsLoRA scaling (alpha / sqrt(r))")
     tiny.set_defaults(handler=cmd_make_tiny_model)
 
     cli_create.add_commands(commands)

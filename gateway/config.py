@@ -103,6 +103,26 @@ class DeploymentSpec(_Strict):
     weight: float = Field(1.0, ge=0, description="share of the traffic under strategy: weighted")
 
 
+class AdapterSpec(_Strict):
+    """A LoRA adapter on a model: a model name of its own, served by its base model's backend."""
+
+    name: str = Field(description="what clients send as `model` to use the adapter")
+    path: str = Field(description="a PEFT directory (backend paged) or a GGUF LoRA file (backend llamacpp)")
+    scale: float = Field(1.0, ge=0, description="multiplies the adapter's effect (llama.cpp's --lora-scaled)")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME_PATTERN.fullmatch(value) or any(c in value for c in "*?["):
+            raise ValueError(f"{value!r} is not a valid adapter name (letters, digits and ._:/@+- only)")
+        if len(value) > MAX_NAME_LENGTH:
+            raise ValueError(f"an adapter name is at most {MAX_NAME_LENGTH} bytes long, not {len(value)}")
+        return value
+
+    def resolved_path(self) -> Path:
+        return Path(os.path.expandvars(self.path)).expanduser()
+
+
 class ModelSpec(_Strict):
     name: str = Field(description="what clients send as `model`; may be a glob ('gpt-*') for remote models")
     backend: Literal["llamacpp", "paged", "remote"] | None = Field(
@@ -118,6 +138,12 @@ class ModelSpec(_Strict):
     path: str | None = Field(None, description="GGUF file (llamacpp) or Hugging Face checkpoint dir (paged)")
     aliases: list[str] = Field(default_factory=list)
     context_length: int | None = Field(None, gt=0)
+    parallel: int | None = Field(
+        None, ge=1, le=256, description="llamacpp: requests decoded at once; default TANDEM_LLAMACPP_PARALLEL"
+    )
+    kv_cells: int | None = Field(
+        None, gt=0, description="llamacpp: KV cells all its requests share; default context_length x parallel"
+    )
     system: str | None = Field(None, description="default system prompt (Modelfile SYSTEM)")
     parameters: ModelParameters = Field(default_factory=ModelParameters)
     demo: Literal["tiny", "smollm2"] | None = Field(
@@ -135,6 +161,9 @@ class ModelSpec(_Strict):
     )
     chat_template: str | None = Field(
         None, description="a Jinja chat template replacing the model's own (Modelfile TEMPLATE)"
+    )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list, description="LoRA adapters served on this model, each under its own name"
     )
     tool_parser: str | None = Field(
         None,
@@ -187,8 +216,13 @@ class ModelSpec(_Strict):
             raise ValueError("backend 'remote' and a `remote:` section (api_base, model) go together")
         if self.is_glob and self.backend != "remote" and not self.deployments:
             raise ValueError("only remote models and routes may have a glob as their name")
+        if self.adapters and self.backend not in ("llamacpp", "paged"):
+            what = f"backend {self.backend!r}" if self.backend else "a route"
+            raise ValueError(f"`adapters` (LoRA) need backend 'paged' or 'llamacpp', not {what}")
         if self.engine is not None and self.backend != "paged":
             raise ValueError("`engine` settings apply to backend 'paged' only")
+        if (self.parallel is not None or self.kv_cells is not None) and self.backend != "llamacpp":
+            raise ValueError("`parallel` and `kv_cells` apply to backend 'llamacpp' only (paged: `engine`)")
         return self
 
     def resolved_path(self) -> Path:
@@ -212,6 +246,14 @@ class Profile(_Strict):
                         f"model name or alias {name!r} is used twice ({seen[name]} and {model.name})"
                     )
                 seen[name] = model.name
+        for model in self.models:  # an adapter is a model name of its own: it may not shadow another
+            for adapter in model.adapters:
+                if adapter.name in seen:
+                    raise ValueError(
+                        f"adapter name {adapter.name!r} of model {model.name!r} is already used "
+                        f"(by {seen[adapter.name]})"
+                    )
+                seen[adapter.name] = f"an adapter of {model.name}"
         for model in self.models:
             for target in [d.model for d in model.deployments] + model.fallbacks:
                 if target not in seen:

@@ -1,5 +1,5 @@
-"""Every failure leaves in its protocol's envelope: OpenAI's {"error": {"message", "type", "param", "code"}}
-or, under /api/, Ollama's {"error": "message"}."""
+"""Every failure leaves in its protocol's envelope: OpenAI's {"error": {"message", "type", "param", "code"}},
+under /api/ Ollama's {"error": "message"}, under /v1/messages Anthropic's (gateway.anthropic_errors)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backends.base import BackendError, BackendUnavailableError, GenerationFailedError, QueueFullError
 from backends.remote.upstream import UpstreamError
 from backends.structured import InvalidStructuredOutputError
+from gateway.anthropic_errors import anthropic_error_response, is_anthropic_path
 from gateway.openai_protocol import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("tandem.gateway")
@@ -103,11 +104,18 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return bad_request(f"Invalid value for '{param}': {message}", param=param)
 
 
-def _envelope(request: Request, error: APIError) -> JSONResponse:
-    """Ollama's native API (/api/...) answers {"error": "message"}; everything else OpenAI's envelope."""
-    if request.url.path.startswith(OLLAMA_PREFIX):
+def path_envelope(path: str, error: APIError) -> JSONResponse:
+    """Ollama's native API (/api/...) answers {"error": "message"}, Anthropic's (/v1/messages) its
+    {"type": "error", "error": {...}}; everything else OpenAI's envelope."""
+    if path.startswith(OLLAMA_PREFIX):
         return JSONResponse({"error": error.ollama_message}, status_code=error.status, headers=error.headers)
+    if is_anthropic_path(path):
+        return anthropic_error_response(error.status, error.body.message, error.headers)
     return error.response()
+
+
+def _envelope(request: Request, error: APIError) -> JSONResponse:
+    return path_envelope(request.url.path, error)
 
 
 def upstream_api_error(exc: UpstreamError) -> APIError:

@@ -208,6 +208,7 @@ def prepare_tokens(
         GenerationRequest(
             request_id=f"{request_id}-{i}",
             prompt_token_ids=prompt_ids,
+            adapter=model.adapter,  # an adapter model's LoRA (None: the base model)
             # each of the n choices gets its own stream of randomness, reproducible from the seed
             sampling=_sampling(
                 request,
@@ -226,7 +227,7 @@ def prepare_tokens(
     return PreparedGeneration(requests, len(prompt_ids), prompt)
 
 
-def chat_prompt(model: ServedModel, conversation: Conversation) -> Prompt:
+def chat_prompt(model: ServedModel, conversation: Conversation, add_generation_prompt: bool = True) -> Prompt:
     """The conversation through the model's chat template, after the model's own preamble (Modelfile
     MESSAGE) and with its default system prompt if the conversation has none.
 
@@ -242,7 +243,12 @@ def chat_prompt(model: ServedModel, conversation: Conversation) -> Prompt:
     check_prompt_size(model, sum(utf8_size(m.text) + _calls_size(m) for m in messages))
     limit = model.backend.context_length * BYTES_PER_TOKEN
     # a Modelfile's TEMPLATE: bounded by this model's context too
-    options = RenderOptions(template=spec.chat_template, max_chars=limit, max_bytes=limit)
+    options = RenderOptions(
+        template=spec.chat_template,
+        max_chars=limit,
+        max_bytes=limit,
+        add_generation_prompt=add_generation_prompt,
+    )
     try:
         return model.backend.render_prompt(conversation, options)
     except ChatTemplateError as exc:

@@ -23,6 +23,7 @@ from gateway.registry import ModelManager
 
 UNKNOWN_MODEL = "_unknown"
 NO_TEAM = "none"
+UNMATCHED_ROUTE = "unmatched"  # the route label of requests no route took (404, 405, refused before routing)
 NO_DEPLOYMENT = "none"  # the deployment label of requests that reached no deployment
 
 
@@ -34,8 +35,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r, per_model = self.registry, ["model", "backend"]
         self.requests = Counter(
-            "tandem_requests", "Finished HTTP requests on /v1 and /api.",
-            ["model", "backend", "deployment", "status_code", "team"], registry=r,
+            "tandem_requests", "Finished API requests (/v1, /api, /tokenize, /detokenize) by route template.",
+            ["model", "backend", "deployment", "status_code", "team", "route"], registry=r,
         )  # fmt: skip
         self.request_duration = Histogram(
             "tandem_request_duration_seconds", "End-to-end latency of generation requests.",
@@ -84,9 +85,15 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
     def count_request(
-        self, model: str, backend: str, status_code: int, team: str = NO_TEAM, deployment: str = NO_DEPLOYMENT
+        self,
+        model: str,
+        backend: str,
+        status_code: int,
+        team: str = NO_TEAM,
+        deployment: str = NO_DEPLOYMENT,
+        route: str = UNMATCHED_ROUTE,
     ) -> None:
-        self.requests.labels(model, backend, deployment, str(status_code), team).inc()
+        self.requests.labels(model, backend, deployment, str(status_code), team, route).inc()
 
     def track(
         self, model: str, backend: str, team: str, prompt_tokens: int, choices: int
@@ -196,7 +203,14 @@ def _engine_families(model: str, e) -> list:
         family.add_metric([model], value)
         return family
 
+    computed = []
+    if e.prompt_tokens_computed is not None:
+        computed.append(counter(
+            "tandem_engine_prompt_tokens_computed", "Prompt tokens run through the model (not cached).",
+            e.prompt_tokens_computed,
+        ))  # fmt: skip
     return [
+        *computed,
         gauge("tandem_engine_requests_running", "Requests in the running batch.", e.requests_running),
         gauge("tandem_engine_requests_waiting", "Requests waiting to be scheduled.", e.requests_waiting),
         gauge("tandem_engine_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", e.kv_cache_usage),

@@ -7,17 +7,18 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import APIError
-from gateway.metrics import NO_DEPLOYMENT, NO_TEAM, UNKNOWN_MODEL, GatewayMetrics
+from gateway.metrics import NO_DEPLOYMENT, NO_TEAM, UNKNOWN_MODEL, UNMATCHED_ROUTE, GatewayMetrics
 from gateway.request_body import InvalidTextError, error_response, has_lone_surrogate, read_body, replay
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-tandem-backend"
 DEPLOYMENT_HEADER = "x-tandem-deployment"
 GATEWAY_BACKEND = "gateway"  # what x-tandem-backend says when no model backend was involved
-COUNTED_PREFIXES = ("/v1/", "/api/")  # API traffic; not /metrics, /health
+VLLM_ROOT_PATHS = ("/tokenize", "/detokenize")  # API routes vLLM serves outside /v1
+COUNTED_PREFIXES = ("/v1/", "/api/", *VLLM_ROOT_PATHS)  # API traffic; not /metrics, /health
 
 
-JSON_BODY_PREFIXES = ("/v1/", "/api/", "/admin/")
+JSON_BODY_PREFIXES = ("/v1/", "/api/", "/admin/", *VLLM_ROOT_PATHS)
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
@@ -64,6 +65,8 @@ class TandemHeadersMiddleware:
                         message["status"],
                         state.get("tandem_team", NO_TEAM),
                         state.get("tandem_deployment", NO_DEPLOYMENT),
+                        # the template ("/v1/responses/{response_id}"), never the raw path: bounded labels
+                        getattr(scope.get("route"), "path", UNMATCHED_ROUTE),
                     )
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 if not any(k.lower() == BACKEND_HEADER.encode() for k, _ in raw):

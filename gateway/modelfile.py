@@ -141,10 +141,21 @@ def parse_modelfile(text: str) -> Modelfile:
     return result
 
 
-def render_modelfile(base: str, system: str | None, parameters: dict, messages: list[ChatMessage]) -> str:
-    """The Modelfile text that would recreate a model (for /api/show)."""
+def render_modelfile(
+    base: str,
+    system: str | None,
+    parameters: dict,
+    messages: list[ChatMessage],
+    adapters: list[tuple[str, float]] | None = None,
+) -> str:
+    """The Modelfile text that would recreate a model (for /api/show); `adapters`: (path, scale) of its
+    LoRA adapter (a scale other than 1 has no Modelfile syntax: it is noted in a comment)."""
     names = {target: name for name, (target, _) in PARAMETERS.items()}
     lines = [f"FROM {base}"]
+    for path, scale in adapters or []:
+        if scale != 1.0:
+            lines.append(f"# the adapter below runs at scale {scale:g} (set in tandem's config)")
+        lines.append(f"ADAPTER {path}")
     if system is not None:
         lines.append(f'SYSTEM """{system}"""')
     for key, value in parameters.items():

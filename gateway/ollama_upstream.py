@@ -1,21 +1,23 @@
-"""Ollama /api/chat served by a remote (OpenAI-compatible) upstream: the request translated into OpenAI's
-chat request, the answer back into Ollama's shapes, streaming or not.
+"""Ollama /api/chat and /api/generate served by a remote (OpenAI-compatible) upstream: the request
+translated into OpenAI's chat request, the answer back into Ollama's shapes, streaming or not.
 
 The conversation is the neutral one the local path renders (gateway.tool_conversation), so tool calls,
-tool results (matched to their calls) and images travel as they do there.
+tool results (matched to their calls) and images travel as they do there. A generate request is the chat
+of its system prompt and its prompt; what only a local model can honour (raw prompts, a `context` of token
+ids, Go templates, a suffix) is a 400 naming the field.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
-from backends.conversation import Conversation, ImagePart, Message, TextPart
+from backends.conversation import ContentPart, Conversation, ImagePart, Message, Role, TextPart
 from backends.remote.upstream import UpstreamError
 from backends.template_inputs import template_tools
 from gateway.deps import CallContext
@@ -25,50 +27,20 @@ from gateway.ollama_protocol import (
     ChatRequest,
     ChatResponse,
     FunctionCallOut,
+    GenerateRequest,
+    GenerateResponse,
     OllamaOptions,
     Timings,
     ToolCallOut,
     timestamp,
 )
-from gateway.remote_serving import admit_remote
+from gateway.remote_serving import admit_remote, release_stream
 from gateway.routing import RemoteModel
+from gateway.upstream_messages import openai_message
 
 NDJSON = "application/x-ndjson"
-# base64 openings of the image formats Ollama clients send (Ollama's images carry no MIME type)
-_IMAGE_TYPES = (
-    ("iVBOR", "image/png"),
-    ("/9j/", "image/jpeg"),
-    ("R0lGOD", "image/gif"),
-    ("UklGR", "image/webp"),
-)
-
-
-def _image_url(image: ImagePart) -> str:
-    if image.url.startswith(("data:", "http://", "https://")):
-        return image.url
-    mime = next((mime for prefix, mime in _IMAGE_TYPES if image.url.startswith(prefix)), "image/png")
-    return f"data:{mime};base64,{image.url}"
-
-
-def _message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role.value}
-    if message.images:
-        out["content"] = [
-            {"type": "text", "text": p.text}
-            if isinstance(p, TextPart)
-            else {"type": "image_url", "image_url": {"url": _image_url(p)}}
-            for p in message.content
-        ]
-    else:
-        out["content"] = message.text if message.text or not message.tool_calls else None
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    return out
+# (content, tool calls, done, done_reason) -> one Ollama response object: a chat's or a generate's
+Shape = Callable[[str, list[ToolCallOut] | None, bool, str | None], BaseModel]
 
 
 def _sampling(options: OllamaOptions | None) -> dict[str, Any]:
@@ -83,11 +55,11 @@ def _sampling(options: OllamaOptions | None) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def chat_payload(body: ChatRequest, conversation: Conversation) -> dict[str, Any]:
+def chat_payload(body: ChatRequest | GenerateRequest, conversation: Conversation) -> dict[str, Any]:
     if body.think is not None:
         raise bad_request(f"model '{body.model}' is served by a remote upstream: 'think' is not passed on")
     payload: dict[str, Any] = {
-        "messages": [_message(m) for m in conversation.messages],
+        "messages": [openai_message(m) for m in conversation.messages],
         **_sampling(body.options),
     }
     if conversation.tools:
@@ -100,6 +72,28 @@ def chat_payload(body: ChatRequest, conversation: Conversation) -> dict[str, Any
             "json_schema": {"name": "format", "schema": body.format},
         }
     return payload
+
+
+def _local_only(body: GenerateRequest) -> str | None:
+    """The first field set that only a local model can honour (an OpenAI upstream takes messages)."""
+    fields = (
+        ("raw", body.raw),  # a prompt already rendered for the model's template: the upstream renders its own
+        ("context", bool(body.context)),  # token ids of this tandem's tokenizer, not the upstream's
+        ("template", body.template is not None),
+        ("suffix", bool(body.suffix)),  # fill-in-the-middle: no chat request carries one
+    )
+    return next((name for name, used in fields if used), None)
+
+
+def generate_payload(body: GenerateRequest) -> dict[str, Any]:
+    field = _local_only(body)
+    if field is not None:
+        raise bad_request(f"model '{body.model}' is served by a remote upstream, which cannot honour "
+                          f"'{field}': send a plain prompt, or use /api/chat")  # fmt: skip
+    messages = [Message.of_text(Role.SYSTEM, body.system)] if body.system is not None else []
+    content: list[ContentPart] = [TextPart(body.prompt)] if body.prompt else []
+    content.extend(ImagePart(image) for image in body.images or ())
+    return chat_payload(body, Conversation((*messages, Message(Role.USER, tuple(content)))))
 
 
 def _calls(raw: list[dict[str, Any]]) -> list[ToolCallOut]:
@@ -122,16 +116,35 @@ def _done_reason(reason: str | None) -> str | None:
     return "stop" if reason == "tool_calls" else reason  # Ollama ends a call's answer with "stop"
 
 
+def _chat_shape(model: str) -> Shape:
+    def shape(content: str, calls: list[ToolCallOut] | None, done: bool, reason: str | None) -> ChatResponse:
+        message = AssistantMessage(content=content, tool_calls=calls)
+        return ChatResponse(
+            model=model, created_at=timestamp(), message=message, done=done, done_reason=reason
+        )
+
+    return shape
+
+
+def _generate_shape(model: str) -> Shape:
+    # no tools go out with a generate request, so no calls come back to place
+    def shape(content: str, _: list[ToolCallOut] | None, done: bool, reason: str | None) -> GenerateResponse:
+        return GenerateResponse(model=model, created_at=timestamp(), response=content, done=done,
+                                done_reason=reason)  # fmt: skip
+
+    return shape
+
+
 def _final(
-    model: str, started: int, usage: dict[str, Any], reason: str | None, message: AssistantMessage
-) -> dict:
+    shape: Shape, started: int, usage: dict[str, Any], reason: str | None, content: str = "",
+    calls: list[ToolCallOut] | None = None,
+) -> dict:  # fmt: skip
     elapsed = time.perf_counter_ns() - started
     timings = Timings(
         total_duration=elapsed, load_duration=0, prompt_eval_count=int(usage.get("prompt_tokens") or 0),
         prompt_eval_duration=0, eval_count=int(usage.get("completion_tokens") or 0), eval_duration=elapsed,
     )  # fmt: skip
-    response = ChatResponse(model=model, created_at=timestamp(), message=message, done=True,
-                            done_reason=_done_reason(reason))  # fmt: skip
+    response = shape(content, calls, True, _done_reason(reason))
     return response.model_dump(exclude_none=True) | timings.model_dump()
 
 
@@ -144,8 +157,26 @@ async def remote_ollama_chat(
     call: CallContext, remote: RemoteModel, body: ChatRequest, conversation: Conversation, requested: str
 ) -> StreamingResponse | dict:
     payload = chat_payload(body, conversation)
+    return await _serve(call, remote, payload, requested, body.stream, _chat_shape(body.model))
+
+
+async def remote_ollama_generate(
+    call: CallContext, remote: RemoteModel, body: GenerateRequest, requested: str
+) -> StreamingResponse | dict:
+    payload = generate_payload(body)
+    return await _serve(call, remote, payload, requested, body.stream, _generate_shape(body.model))
+
+
+async def _serve(
+    call: CallContext,
+    remote: RemoteModel,
+    payload: dict[str, Any],
+    requested: str,
+    stream: bool,
+    shape: Shape,
+) -> StreamingResponse | dict:
     started = time.perf_counter_ns()
-    if not body.stream:
+    if not stream:
         admission = await admit_remote(call, payload)
         remote.in_flight += 1
         prompt = completion = 0
@@ -157,9 +188,9 @@ async def remote_ollama_chat(
             await admission.settle(prompt, completion)
         choice = (data.get("choices") or [{}])[0]
         answer = choice.get("message") or {}
-        message = AssistantMessage(content=answer.get("content") or "",
-                                   tool_calls=_calls(answer.get("tool_calls") or []) or None)  # fmt: skip
-        return _final(body.model, started, data.get("usage") or {}, choice.get("finish_reason"), message)
+        calls = _calls(answer.get("tool_calls") or []) or None
+        usage = data.get("usage") or {}
+        return _final(shape, started, usage, choice.get("finish_reason"), answer.get("content") or "", calls)
     payload = {**payload, "stream_options": {"include_usage": True}}
     admission = await admit_remote(call, payload)
     remote.in_flight += 1
@@ -169,16 +200,14 @@ async def remote_ollama_chat(
         remote.in_flight -= 1
         await admission.settle(0, 0)
         raise
-    return StreamingResponse(_lines(body.model, started, chunks, remote, admission), media_type=NDJSON)
+    return StreamingResponse(_lines(shape, started, chunks, remote, admission), media_type=NDJSON)
 
 
 async def _lines(
-    model: str, started: int, chunks: Any, remote: RemoteModel, admission: Any
+    shape: Shape, started: int, chunks: Any, remote: RemoteModel, admission: Any
 ) -> AsyncIterator[str]:
     def line(content: str, calls: list[ToolCallOut] | None = None) -> str:
-        message = AssistantMessage(content=content, tool_calls=calls)
-        piece = ChatResponse(model=model, created_at=timestamp(), message=message, done=False)
-        return json.dumps(piece.model_dump(exclude_none=True)) + "\n"
+        return json.dumps(shape(content, calls, False, None).model_dump(exclude_none=True)) + "\n"
 
     usage: dict[str, Any] = {}
     reason = None
@@ -200,16 +229,11 @@ async def _lines(
                 reason = choice.get("finish_reason") or reason
         if calls:
             yield line("", _calls([calls[i] for i in sorted(calls)]))
-        yield json.dumps(_final(model, started, usage, reason, AssistantMessage(content=""))) + "\n"
+        yield json.dumps(_final(shape, started, usage, reason)) + "\n"
     except UpstreamError as exc:  # too late for a status code: Ollama puts the error in the stream
         yield json.dumps({"error": upstream_api_error(exc).body.message}) + "\n"
     except Exception as exc:
         yield json.dumps({"error": str(exc) or "generation failed"}) + "\n"
     finally:
-        remote.in_flight -= 1
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):  # the upstream's connection is going away either way
-                await close()
         prompt, completion = _usage({"usage": usage})
-        await admission.settle(prompt, completion)
+        await release_stream(remote, chunks, admission, prompt, completion)

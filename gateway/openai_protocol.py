@@ -339,6 +339,9 @@ class ModelCard(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     context_length: int | None = None
     state: str = "loaded"  # loaded | loading | unloaded: tandem loads models on first use
+    # as vLLM's cards: a LoRA adapter's parent (and root) is the model it runs on; a model's root is itself
+    root: str | None = None
+    parent: str | None = None
 
 
 class ModelList(BaseModel):

@@ -53,10 +53,19 @@ class ServedModel:
 
     spec: ModelSpec
     backend: Backend
+    adapter: str | None = None  # the LoRA adapter its requests run with (GenerationRequest.adapter)
 
 
 class ManagedModel:
     """One configured model: its files, its state, and who is using it."""
+
+    # An adapter model (gateway/adapter_models.py) is served by another model's backend: its base. Only
+    # base models have a lifecycle of their own; the manager loads, counts and unloads the base for them.
+    base: ManagedModel | None = None
+
+    async def prepare_backend(self, backend: Backend) -> None:
+        """Called with the loaded backend before each request runs on it (an adapter model loads its
+        adapter there); raising refuses the request."""
 
     def __init__(
         self, spec: ModelSpec, path: Path, default_keep_alive_s: float | None, created: bool = False
@@ -131,10 +140,12 @@ class ModelManager:
         max_loaded: int,
         memory_budget_bytes: int,
         default_keep_alive_s: float | None = 300.0,
+        adapters: list[ManagedModel] | None = None,
     ) -> None:
         self._models = models
+        self._adapters = adapters or []  # adapter models: names of their own, their base's backend
         self.default_keep_alive_s = default_keep_alive_s  # for models created at run time
-        self._by_name = {name: model for model in models for name in model.names}
+        self._index()
         self._loader = loader
         self._max_loaded = max_loaded
         self._memory_budget = memory_budget_bytes
@@ -145,7 +156,14 @@ class ModelManager:
         return self._by_name.get(name)
 
     def _index(self) -> None:
-        self._by_name = {name: model for model in self._models for name in model.names}
+        self._by_name = {name: model for model in [*self._models, *self._adapters] for name in model.names}
+
+    def adapters(self) -> list[ManagedModel]:
+        """The adapter models (each served by its `base`); iterating the manager yields base models only."""
+        return list(self._adapters)
+
+    def adapters_of(self, base: ManagedModel) -> list[ManagedModel]:
+        return [a for a in self._adapters if a.base is base]
 
     async def add(self, model: ManagedModel) -> None:
         """Serve a model created at run time, replacing an earlier created model of the same name."""
@@ -154,18 +172,29 @@ class ModelManager:
             if any(not m.user_created for m in taken):
                 raise APIError(400, f"model {model.spec.name!r} is defined in the config file; edit it there")
             for old in taken:
+                if self.adapters_of(old) and model.base is not None:
+                    raise APIError(409, f"model {old.spec.name!r} has adapters; it cannot become an adapter")
+            for old in taken:
                 await self._retire(old)
-            self._models.append(model)
+                for adapter in self.adapters_of(old):  # a re-created base keeps its adapters
+                    adapter.base = model
+            (self._adapters if model.base is not None else self._models).append(model)
             self._index()
 
     async def remove(self, model: ManagedModel) -> None:
         async with self._lock:
+            if self.adapters_of(model):
+                names = ", ".join(a.spec.name for a in self.adapters_of(model))
+                raise APIError(409, f"model {model.spec.name!r} serves adapters ({names}): remove them first")
             await self._retire(model)
             self._index()
 
     async def _retire(self, model: ManagedModel) -> None:
-        if model.in_use or model.state is ModelState.LOADING:
+        if model.in_use or (model.base is None and model.state is ModelState.LOADING):
             raise APIError(409, f"model {model.spec.name!r} is in use; try again when its requests finish")
+        if model.base is not None:
+            self._adapters.remove(model)
+            return
         if model.state is ModelState.LOADED:
             await self._unload(model)
         self._models.remove(model)
@@ -194,18 +223,27 @@ class ModelManager:
         """Hold `model` loaded for one request, loading it first if needed."""
         keep = model.default_keep_alive_s if keep_alive_s is DEFAULT_KEEP_ALIVE else keep_alive_s
         started = time.perf_counter()
-        self.check_backend(model)
-        while model.state is not ModelState.LOADED:
-            if model.state is ModelState.UNLOADED:
+        target = model.base or model  # an adapter model holds its base loaded
+        self.check_backend(target)
+        while target.state is not ModelState.LOADED:
+            if target.state is ModelState.UNLOADED:
                 async with self._lock:
-                    if model.state is ModelState.UNLOADED:
-                        await self._make_room(model)
-                        model.state = ModelState.LOADING
-                        model.load_task = asyncio.create_task(self._load(model))
-            assert model.load_task is not None
-            await asyncio.shield(model.load_task)
-        model.in_use += 1
-        model.expires_at = None
+                    if target.state is ModelState.UNLOADED:
+                        await self._make_room(target)
+                        target.state = ModelState.LOADING
+                        target.load_task = asyncio.create_task(self._load(target))
+            assert target.load_task is not None
+            await asyncio.shield(target.load_task)
+        target.in_use += 1
+        target.expires_at = None
+        if target is not model:
+            assert target.backend is not None
+            try:
+                await model.prepare_backend(target.backend)
+            except BaseException:
+                self._release(target, keep)  # type: ignore[arg-type]
+                raise
+            model.in_use += 1
         waited = time.perf_counter() - started
         return Lease(self, model, keep, waited if waited > 1e-3 else 0.0)  # type: ignore[arg-type]
 
@@ -283,6 +321,10 @@ class ModelManager:
             await self._unload(victim)
 
     def _release(self, model: ManagedModel, keep_alive_s: float | None) -> None:
+        if model.base is not None:  # an adapter model: its base is what was held
+            model.in_use -= 1
+            model.last_used = time.monotonic()
+            model = model.base
         model.in_use -= 1
         model.last_used = time.monotonic()
         if model.in_use == 0 and model.state is ModelState.LOADED:

@@ -42,6 +42,19 @@ def _usage(data: dict[str, Any]) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
+async def release_stream(
+    remote: RemoteModel, chunks: object, admission: Admission, prompt_tokens: int, completion_tokens: int
+) -> None:
+    """A remote stream ended (finished, failed, or its client left): free its place, hang up on the
+    upstream now rather than when its connection times out, and settle what it used."""
+    remote.in_flight -= 1
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # the upstream's connection is going away either way
+            await close()
+    await admission.settle(prompt_tokens, completion_tokens)
+
+
 async def admit_remote(call: CallContext, payload: dict[str, Any]) -> Admission:
     admission = await call.access.admit(
         call.principal, call.request.state.tandem_model, _reservation(payload)
@@ -96,12 +109,7 @@ async def _streamed(
         except Exception as exc:  # whatever broke, the client learns the stream failed, not a cut-off body
             yield stream_error(exc)
         finally:
-            remote.in_flight -= 1
-            close = getattr(chunks, "aclose", None)  # a client gone mid-stream: hang up on the upstream now
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
-            await admission.settle(prompt, completion)
+            await release_stream(remote, chunks, admission, prompt, completion)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -12,7 +12,7 @@ import json
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive
 
-from gateway.errors import OLLAMA_PREFIX, APIError
+from gateway.errors import APIError, path_envelope
 
 
 class InvalidTextError(APIError):
@@ -83,6 +83,4 @@ def has_lone_surrogate(body: bytes) -> bool:
 
 def error_response(path: str, error: APIError) -> JSONResponse:
     """The error in its protocol's envelope, for answers given before the app runs."""
-    if path.startswith(OLLAMA_PREFIX):
-        return JSONResponse({"error": error.ollama_message}, status_code=error.status, headers=error.headers)
-    return error.response()
+    return path_envelope(path, error)

@@ -109,7 +109,7 @@ class Router:
     def entries(self) -> Iterator[ModelSpec]:
         """Every entry a client may name (globs excluded: they are patterns, not models)."""
         seen = set()
-        for spec in [*self.profile.models, *(m.spec for m in self.models)]:
+        for spec in [*self.profile.models, *(m.spec for m in [*self.models, *self.models.adapters()])]:
             if spec.name not in seen and not spec.is_glob:
                 seen.add(spec.name)
                 yield spec
@@ -145,7 +145,7 @@ class Router:
 
     def _ordered(self, spec: ModelSpec, count: int, skip_cooling: bool) -> list[Deployment]:
         if spec.deployments:
-            pairs = [(self.deployment(self._specs[d.model]), d.weight) for d in spec.deployments]
+            pairs = [(self.deployment(self._target(d.model)), d.weight) for d in spec.deployments]
         else:
             pairs = [(self.deployment(spec), 1.0)]
         now = time.monotonic()
@@ -162,6 +162,15 @@ class Router:
         else:
             order = self._weighted_order([(d, w) for d, w in ready if w > 0] or ready)
         return [order[i % len(order)] for i in range(count)]
+
+    def _target(self, name: str) -> ModelSpec:
+        """A deployment's model: an entry of the profile, or an adapter (a model of the manager's)."""
+        if name in self._specs:
+            return self._specs[name]
+        local = self.models.resolve(name)
+        if local is None:
+            raise LookupError(f"model {name!r} is not served by this profile")
+        return local.spec
 
     def _weighted_order(self, pairs: list[tuple[Deployment, float]]) -> list[Deployment]:
         remaining, order = list(pairs), []

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 when a queue is full")
     llamacpp_threads: int | None = Field(None, gt=0, description="llama.cpp threads; default all cores")
+    llamacpp_parallel: int = Field(
+        4, ge=1, le=256, description="llama.cpp requests decoded at once, per model (unless it sets parallel)"
+    )
     keep_alive: str = Field("5m", description="default time a model stays loaded after its last request")
     max_loaded_models: int = Field(3, gt=0, description="models loaded at once; the LRU idle one is evicted")
     memory_budget_gb: float | None = Field(
@@ -37,6 +40,9 @@ class Settings(BaseSettings):
     )
     pull_quota_gb: float | None = Field(
         None, gt=0, description="disk all pulled models may take under home; default: the free disk"
+    )
+    responses_retention_s: float = Field(
+        30 * 86400, gt=0, description="how long /v1/responses keeps a stored response (store: true)"
     )
     drain_s: float = Field(
         30, ge=0, le=3600, description="on SIGTERM, how long running requests may finish before streams end"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from backends.base import Backend, BackendCapabilities
 from backends.inspect import inspect_model
+from gateway.adapter_models import config_adapters, stored_adapters
+from gateway.adapter_store import AdapterStore
 from gateway.config import ConfigError, ModelSpec, Profile
 from gateway.durations import parse_keep_alive
 from gateway.model_store import ModelStore
@@ -16,6 +18,7 @@ from gateway.settings import Settings
 
 logger = logging.getLogger("tandem.gateway")
 AVAILABLE_BACKENDS = ("llamacpp", "paged")
+DEFAULT_MAX_LORAS = 4  # LoRA slots of a paged model whose config lists adapters but sets no engine.max_loras
 
 DEMO_HINT = (
     "This is tandem's random-weight demo model: it answers in gibberish. To serve a real model, point a "
@@ -117,12 +120,16 @@ def load_backend(model: ManagedModel, settings: Settings) -> Backend:
             max_queued=settings.max_queued_requests,
             threads=settings.llamacpp_threads,
             retry_after_s=settings.retry_after_s,
+            parallel=spec.parallel or settings.llamacpp_parallel,
+            kv_cells=spec.kv_cells,
         )
     if spec.backend == "paged":
         from backends.paged.backend import PagedBackend  # imports torch: only when a paged model loads
         from backends.paged.config import EngineConfig
 
         engine = spec.engine or EngineConfig()
+        if spec.adapters and engine.max_loras == 0:  # listing adapters turns LoRA on (vLLM: --enable-lora)
+            engine = engine.model_copy(update={"max_loras": min(len(spec.adapters), DEFAULT_MAX_LORAS)})
         if spec.context_length is not None and engine.max_model_len is None:
             engine = engine.model_copy(update={"max_model_len": spec.context_length})
         return PagedBackend.load(model.path, engine, spec.name)
@@ -177,6 +184,7 @@ def _stored_models(
 
 def _check_routing(profile: Profile, spec: ModelSpec, key: str, source: str) -> None:
     by_name = {name: other for other in profile.models for name in [other.name, *other.aliases]}
+    by_name |= {a.name: other for other in profile.models for a in other.adapters}  # where their base runs
     for index, deployment in enumerate(spec.deployments):
         if by_name[deployment.model].deployments:
             problem = f"{deployment.model!r} is itself a route: deployments must be models that run somewhere"
@@ -194,7 +202,8 @@ def _check_routing(profile: Profile, spec: ModelSpec, key: str, source: str) -> 
 def build_manager(
     profile: Profile, profile_name: str, settings: Settings, source: str, store: ModelStore
 ) -> ModelManager:
-    models = []
+    models: list[ManagedModel] = []
+    adapters: list[ManagedModel] = []
     default_keep_alive = parse_keep_alive(settings.keep_alive)
     for index, spec in enumerate(profile.models):
         key = f"profiles.{profile_name}.models[{index}]"
@@ -204,11 +213,15 @@ def build_manager(
         path = ensure_model_files(spec, key, source)
         keep_alive = parse_keep_alive(spec.keep_alive) if spec.keep_alive is not None else default_keep_alive
         models.append(ManagedModel(spec, path, keep_alive))
+        adapters += config_adapters(models[-1], key, source)
     models += _stored_models(store, {n for m in models for n in m.names}, default_keep_alive)
+    taken = {n for m in [*models, *adapters] for n in m.names}
+    adapters += stored_adapters(AdapterStore(store), models, taken)
     return ModelManager(
         models,
         loader=lambda model: load_backend(model, settings),
         max_loaded=settings.max_loaded_models,
         memory_budget_bytes=_memory_budget(settings),
         default_keep_alive_s=default_keep_alive,
+        adapters=adapters,
     )

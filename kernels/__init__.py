@@ -1,4 +1,4 @@
-"""Paged-KV attention kernels: the engine's only entry points into the cache.
+"""Paged-KV attention kernels (the engine's only entry points into the cache) and the batched LoRA matmul.
 
 Each function dispatches to the Triton kernel when the tensors live on CUDA (or TANDEM_FORCE_TRITON=1,
 which tests combine with TRITON_INTERPRET=1 to run the kernels on CPU), else to the pure-torch reference.
@@ -15,13 +15,18 @@ import os
 
 from torch import Tensor
 
+from kernels.lora_reference import SlotGroups, add_lora_ref, slot_groups
 from kernels.reference import paged_attention_decode_ref, paged_attention_prefill_ref, write_kv_cache_ref
 
 __all__ = [
+    "SlotGroups",
+    "add_lora",
+    "add_lora_ref",
     "paged_attention_decode",
     "paged_attention_decode_ref",
     "paged_attention_prefill",
     "paged_attention_prefill_ref",
+    "slot_groups",
     "triton_available",
     "write_kv_cache",
     "write_kv_cache_ref",
@@ -87,3 +92,24 @@ def paged_attention_prefill(
     return paged_attention_prefill_ref(
         query, k_cache, v_cache, block_tables, cu_query_lens, context_lens, scale
     )
+
+
+def add_lora(
+    y: Tensor,
+    x: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    token_slots: Tensor,
+    shard_starts: tuple[int, ...],
+    groups: SlotGroups | None = None,
+) -> None:
+    """Batched LoRA, in place: y[t] += x[t]'s delta under the adapter in slot token_slots[t] (-1: none).
+    lora_a [slots, shards * rank, in], lora_b [slots, out, rank]; see kernels/lora_reference.py.
+    `groups` (slot_groups(token_slots), precomputed) only spares the reference its search; Triton reads
+    the slots on the device."""
+    if _use_triton(y):
+        from kernels.lora import add_lora_triton
+
+        add_lora_triton(y, x, lora_a, lora_b, token_slots, shard_starts)
+    else:
+        add_lora_ref(y, x, lora_a, lora_b, token_slots, shard_starts, groups)

@@ -90,15 +90,16 @@ def test_keep_alive_that_is_not_a_duration_is_refused(server, text):
 
 
 def test_n_beyond_what_the_backend_can_hold_is_a_400(server):
-    """The dev backend holds TANDEM_MAX_QUEUED_REQUESTS (64) + 1 requests; n is capped at 128 for both."""
+    """The dev backend holds TANDEM_MAX_QUEUED_REQUESTS (64) waiting + `parallel` (4) running requests;
+    n is capped at 128 for both."""
     response = httpx.post(f"{server.v1}/chat/completions", timeout=120,
                           json={"model": "tiny", "messages": CHAT, "max_tokens": 1, "n": 128})  # fmt: skip
     if response.status_code == 200:  # the paged engine's queue (max_waiting_requests 1024) holds them all
         assert len(response.json()["choices"]) == 128
         return
     error = _openai_error(response, 400)
-    assert error["param"] == "n" and "at most 65" in error["message"]
-    most = {"model": "tiny", "messages": CHAT, "max_tokens": 1, "n": 65}
+    assert error["param"] == "n" and "at most 68" in error["message"]
+    most = {"model": "tiny", "messages": CHAT, "max_tokens": 1, "n": 68}
     assert httpx.post(f"{server.v1}/chat/completions", json=most, timeout=120).status_code == 200
 
 

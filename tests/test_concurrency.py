@@ -45,7 +45,7 @@ class QueueServer:
 def small_queue_server(request, tiny_llama, tmp_path_factory):
     """Room for one running and one waiting request, and a long context for long generations."""
     if request.param == "dev":
-        entry = model_entry(tiny_llama, "dev", context_length=16384)
+        entry = model_entry(tiny_llama, "dev", context_length=16384) | {"parallel": 1}  # one running
         env, max_tokens = {"TANDEM_MAX_QUEUED_REQUESTS": "1"}, 16000
     else:  # the engine batches: one sequence at a time and one waiting makes the same shape
         entry = model_entry(tiny_llama, "prod")

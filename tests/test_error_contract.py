@@ -108,6 +108,9 @@ class ScriptedBackend:
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        return bytes(token_ids).decode(errors="replace")
+
     def render_prompt(self, conversation: Conversation, options: RenderOptions) -> Prompt:
         text = "".join(f"{m.role}: {m.text}\n" for m in conversation.messages) + "assistant: "
         return Prompt(self.tokenize(text), text)

@@ -40,7 +40,7 @@ SERVED = ["tiny", "default", "tiny:latest"]  # what the shared server serves: mo
 # Token budgets past this are cut to it (those past the context are kept: they must be refused), so that
 # generated requests exercise generation without each running for thousands of tokens on a CPU.
 MAX_TOKENS = 8
-BUDGETS = ("max_tokens", "max_completion_tokens")
+BUDGETS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 OPENAI_GENERATION = ("/v1/chat/completions", "/v1/completions")
 OLLAMA_GENERATION = ("/api/chat", "/api/generate")
 
@@ -74,6 +74,11 @@ def _steer(case, model: str | None):
             body[key] = _short(body[key])
     if case.operation.path in OPENAI_GENERATION and "max_completion_tokens" not in body:
         body.setdefault("max_tokens", MAX_TOKENS)
+    if case.operation.path == "/v1/responses":
+        body.setdefault("max_output_tokens", MAX_TOKENS)
+    if case.operation.path == "/v1/messages" and isinstance(body.get("max_tokens"), int):
+        # up to 128,000 is cut to the context rather than refused (as Anthropic's API): keep it short
+        body["max_tokens"] = min(body["max_tokens"], MAX_TOKENS)
     if case.operation.path in OLLAMA_GENERATION:
         options = body.setdefault("options", {})
         if isinstance(options, dict):

@@ -1,8 +1,8 @@
 """Faults in the llama.cpp worker: a request that raises fails alone (500, no deployment cooldown); one
 that kills the worker fails the backend, and every admitted request with it, at once.
 
-Real llama.cpp on the tiny GGUF; the fault is the session's run raising. Every wait is bounded (HANG_S) so
-a regression fails instead of hanging the suite.
+Real llama.cpp on the tiny GGUF; the fault is the engine's per-sequence sampling step raising. Every wait is
+bounded (HANG_S) so a regression fails instead of hanging the suite.
 """
 
 from __future__ import annotations
@@ -69,17 +69,17 @@ def test_negative_and_huge_seeds_sample(tiny_llama):
 def test_a_request_that_raises_fails_alone(tiny_llama, monkeypatch):
     async def main() -> None:
         backend = _load(tiny_llama)
-        run = backend._session.run
+        advance = backend.engine._advance
 
-        def faulty(request, sink):
-            if request.request_id == "bad":
+        def faulty(seq, logits):
+            if seq.request.request_id == "bad":
                 raise RuntimeError("injected request fault")
-            return run(request, sink)
+            return advance(seq, logits)
 
-        monkeypatch.setattr(backend._session, "run", faulty)
+        monkeypatch.setattr(backend.engine, "_advance", faulty)
         try:
             bad = backend.generate(_request("bad"))
-            good = backend.generate(_request("good"))  # queued behind the bad one
+            good = backend.generate(_request("good"))  # in the same batch as the bad one
             with pytest.raises(GenerationFailedError, match="injected request fault"):
                 await _collect(bad)
             assert (await _collect(good))[-1].finish_reason is FinishReason.LENGTH
@@ -96,14 +96,14 @@ def test_a_request_that_raises_fails_alone(tiny_llama, monkeypatch):
 def test_a_dead_worker_fails_the_backend_and_its_queue(tiny_llama, monkeypatch):
     async def main() -> None:
         backend = _load(tiny_llama)
-        run = backend._session.run
+        advance = backend.engine._advance
 
-        def faulty(request, sink):
-            if request.request_id == "fatal":
+        def faulty(seq, logits):
+            if seq.request.request_id == "fatal":
                 raise _WorkerKilled("injected worker fault")
-            return run(request, sink)
+            return advance(seq, logits)
 
-        monkeypatch.setattr(backend._session, "run", faulty)
+        monkeypatch.setattr(backend.engine, "_advance", faulty)
         try:
             streams = [backend.generate(_request(name)) for name in ("fatal", "queued-1", "queued-2")]
             for stream in streams:

@@ -36,6 +36,12 @@ def _value(samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def _total(samples, name: str, **labels: str) -> float:
+    """Summed over the labels not named."""
+    wanted = set(labels.items())
+    return sum(value for (n, have), value in samples.items() if n == name and wanted <= have)
+
+
 def test_metrics_after_a_traffic_mix(fresh_server):
     server, client = fresh_server, fresh_server.openai()
     prompt_tokens = generated = 0
@@ -71,11 +77,13 @@ def test_metrics_after_a_traffic_mix(fresh_server):
 
     samples = _samples(server)
     ok = dict(model="tiny", backend=backend, deployment="tiny", team="none")
-    assert _value(samples, "tandem_requests_total", **ok, status_code="200") == 4
-    assert _value(samples, "tandem_requests_total", **ok, status_code="400") == 1
+    chat, completions = dict(route="/v1/chat/completions"), dict(route="/v1/completions")
+    assert _value(samples, "tandem_requests_total", **ok, **chat, status_code="200") == 2
+    assert _value(samples, "tandem_requests_total", **ok, **completions, status_code="200") == 2
+    assert _value(samples, "tandem_requests_total", **ok, **chat, status_code="400") == 1
     unknown = dict(model="_unknown", backend="gateway", deployment="none", team="none")
-    assert _value(samples, "tandem_requests_total", **unknown, status_code="404") == 1
-    assert _value(samples, "tandem_requests_total", **unknown, status_code="200") == 0  # /health, /metrics
+    assert _value(samples, "tandem_requests_total", **unknown, **chat, status_code="404") == 1
+    assert _total(samples, "tandem_requests_total", status_code="200") == 4  # not /health, /metrics
     labels = dict(model="tiny", backend=backend)
     assert _value(samples, "tandem_request_duration_seconds_count", **labels) == 3
     assert _value(samples, "tandem_time_to_first_token_seconds_count", **labels) == 4

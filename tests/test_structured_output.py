@@ -49,9 +49,9 @@ JSON_OBJECT = StructuredOutput("json_object")
 JSON_SCHEMA = StructuredOutput("json_schema", json.dumps(SCHEMA))
 PROMPT = "Give me a JSON object describing a person:"
 # Free-form JSON from random weights has a long tail (strings end only when a quote is sampled); the
-# tiny model completes these documents well within this bound (greedy ~80 tokens, seed 3 ~200).
+# tiny model completes these documents well within this bound (greedy ~80 tokens, seed 11 ~110 on llama.cpp).
 MAX_TOKENS = 512
-SEED = 3
+SEED = 11
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -61,3 +61,11 @@ def test_stop_string_inside_a_multibyte_character_stream():
     text = "你好世界".encode()
     out = _feed(assembler, [text[i : i + 1] for i in range(len(text))])
     assert "".join(out) == "你好"
+
+
+def test_the_stop_string_that_ended_the_text_is_named():
+    assembler = TextAssembler(stop=["world", "lo, w"])
+    assert assembler.push(b"Hel") == "He"  # the "l" may begin "lo, w": held back
+    assembler.push(b"lo, wor")
+    assert assembler.stopped and assembler.matched_stop == "lo, w"  # the earliest in the text wins
+    assert TextAssembler(stop=["x"]).matched_stop is None

@@ -188,6 +188,7 @@ EXPECTED_FORMATS = {
     "meetkai-functionary-medium-v3.1.jinja": "functionary_v3_1",
     "ibm-granite-granite-3.3-2B-Instruct.jinja": "granite",
     "google-gemma-2-2b-it.jinja": None,
+    "openai-gpt-oss-120b.jinja": "harmony",
 }
 
 
@@ -221,3 +222,109 @@ def test_reasoning_is_split_from_the_answer(output, inside, reasoning, content, 
     deltas = [parser.feed(chunk) for chunk in _chunkings(output)[chunking]] + [parser.finish()]
     assert "".join(d.reasoning for d in deltas) == reasoning
     assert "".join(d.content for d in deltas) == content
+
+
+# ---- gpt-oss's harmony messages ------------------------------------------------------------------------
+
+ANALYSIS = "<|channel|>analysis<|message|>The user asks for the weather in Paris. Use get_weather.<|end|>"
+HARMONY_CASES = {
+    # what gpt-oss writes after its generation prompt `<|start|>assistant` (the end token, <|return|> or
+    # <|call|>, is an end-of-sequence id: a backend stops on it and may or may not pass its text on)
+    "answer": (f"{ANALYSIS}<|start|>assistant<|channel|>final<|message|>It is 18°C and sunny in Paris.",
+               "The user asks for the weather in Paris. Use get_weather.", "It is 18°C and sunny in Paris.",
+               []),
+    "answer-with-return": ("<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final"
+                           "<|message|>Hi!<|return|>", "Easy.", "Hi!", []),
+    "call-recipient-after-channel": (
+        f'{ANALYSIS}<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json'
+        '<|message|>{"city": "Paris", "unit": "celsius"}<|call|>',
+        "The user asks for the weather in Paris. Use get_weather.", "", [("get_weather", WEATHER)]),
+    "call-recipient-in-header": (  # as the template renders earlier calls
+        '<|channel|>analysis<|message|>Need the time.<|end|><|start|>assistant to=functions.get_time'
+        '<|channel|>commentary json<|message|>{"timezone": "Europe/Paris"}', "Need the time.", "",
+        [("get_time", TIME)]),
+    "call-without-analysis": (' to=functions.get_time<|channel|>commentary json<|message|>{"timezone": '
+                              '"Europe/Paris"}<|call|>', "", "", [("get_time", TIME)]),
+    "preamble-then-call": (
+        "<|channel|>commentary<|message|>Checking the weather.<|end|><|start|>assistant<|channel|>commentary"
+        ' to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris", "unit": "celsius"}<|call|>',
+        "", "Checking the weather.", [("get_weather", WEATHER)]),
+    "cut-short-in-analysis": ("<|channel|>analysis<|message|>The user", "The user", "", []),
+    "not-harmony": ("The weather is <|fine|> today.", "", "The weather is <|fine|> today.", []),
+}  # fmt: skip
+
+
+def _read_harmony(output: str, chunks: list[str]):
+    from backends.base import Prompt
+    from backends.conversation import Conversation, Message, Role, ToolDefinition
+    from gateway.tool_calls import ReasoningText, tool_plan
+
+    conversation = Conversation((Message.of_text(Role.USER, "?"),), (ToolDefinition("get_weather"),))
+    plan = tool_plan(conversation, Prompt([0], "", "harmony"), None)
+    assert plan is not None and plan.channels and plan.parser == "harmony"
+    reader = plan.new_reader()
+    events = [event for chunk in chunks for event in reader.feed(chunk)] + reader.finish()
+    streamed_reasoning = "".join(e.text for e in events if isinstance(e, ReasoningText))
+    streamed_content = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    return reader, streamed_reasoning, streamed_content
+
+
+@pytest.mark.parametrize("chunking", ["whole", "characters", "random"])
+@pytest.mark.parametrize("case_name", sorted(HARMONY_CASES))
+def test_harmony_channels_split_into_reasoning_content_and_calls(case_name: str, chunking: str):
+    output, reasoning, content, calls = HARMONY_CASES[case_name]
+    reader, streamed_reasoning, streamed_content = _read_harmony(output, _chunkings(output)[chunking])
+    assert (reader.reasoning, reader.content) == (reasoning, content)
+    assert (streamed_reasoning, streamed_content) == (reasoning, content)
+    assert [(c.name, json.loads(c.arguments)) for c in reader.calls] == calls
+
+
+def test_a_harmony_call_the_template_renders_reads_back_as_that_call():
+    """The real gpt-oss template renders an earlier call; that text, as a model's output after the
+    generation prompt `<|start|>assistant`, is read back as the same call."""
+    from backends.base import RenderOptions
+    from backends.chat_template import ChatTemplate
+    from backends.conversation import Conversation, Message, Role, ToolCall, ToolDefinition
+    from backends.tool_prompt import render_prompt
+
+    template = ChatTemplate((templates_dir() / "openai-gpt-oss-120b.jinja").read_text(), "", "")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}}
+    tools = (ToolDefinition("get_weather", "Weather in a city", json.dumps(schema)),)
+    call = ToolCall("call_1", "get_weather", json.dumps(WEATHER))
+    messages = (Message.of_text(Role.USER, "Weather in Paris?"), Message(Role.ASSISTANT, (), (call,)))
+    prompt = render_prompt(template, Conversation(messages, tools), RenderOptions(), lambda _: [0], "gpt-oss")
+    assert prompt.tool_format == "harmony" and not prompt.tools_described
+    assert "namespace functions {" in prompt.text and "type get_weather = (_: {" in prompt.text
+    start = prompt.text.index("<|start|>assistant to=") + len("<|start|>assistant")
+    rendered_call = prompt.text[start : prompt.text.index("<|call|>", start) + len("<|call|>")]
+    assert rendered_call.startswith(" to=functions.get_weather<|channel|>commentary json<|message|>")
+    assert prompt.text.endswith("<|start|>assistant")  # the generation prompt: the output goes on from here
+    reader, _, content = _read_harmony(rendered_call, list(rendered_call))
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in reader.calls] == [
+        ("get_weather", WEATHER)
+    ]
+
+
+# ---- parallel_tool_calls false, strict under auto ----------------------------------------------------
+
+
+@pytest.mark.parametrize("chunking", ["whole", "characters", "random"])
+@pytest.mark.parametrize("case_name", ["hermes-text-then-two", "llama3-python-tag-two"])
+def test_at_most_one_call_is_read_when_parallel_calls_are_off(case_name: str, chunking: str):
+    case = CASES[case_name]
+    parser = parser_class(case.parser)(max_calls=1)
+    events = [event for chunk in _chunkings(case.output)[chunking] for event in parser.feed(chunk)]
+    events += parser.finish()
+    assert [c.name for c in parser.calls] == [case.calls[0][0]]
+    assert json.loads(parser.calls[0].arguments) == case.calls[0][1]
+    assert {e.index for e in events if not isinstance(e, ContentDelta)} == {0}
+    assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == case.content
+
+
+def test_a_bare_call_is_content_where_only_tagged_calls_are_constrained():
+    """Under strict the grammar constrains the calls that open with <tool_call>; a bare object at the
+    start is free text to it, so it is not read as a call."""
+    output = CASES["hermes-bare-json"].output
+    parser = parser_class("hermes")(leading=False)
+    events = parser.feed(output) + parser.finish()
+    assert parser.calls == [] and "".join(e.text for e in events if isinstance(e, ContentDelta)) == output

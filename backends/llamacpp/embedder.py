@@ -35,18 +35,43 @@ class LlamaEmbedder:
         )
         self.context_length = context_length
         self.dimensions = self._llm.n_embd()
+        self.decodes = 0
 
     def embed(self, token_ids: list[int]) -> np.ndarray:
         """One input's normalized embedding; the caller has checked its length against the context."""
+        return self.embed_many([token_ids])[0]
+
+    def embed_many(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        """Normalized embeddings of several inputs, one sequence each, in as few decodes as the batch
+        (context_length tokens, n_seq_max sequences) allows: one when they fit."""
+        limit_tokens, limit_sequences = self._llm.n_batch, self._llm.context_params.n_seq_max
+        vectors: list[np.ndarray] = []
+        group: list[list[int]] = []
+        for token_ids in inputs:
+            size = sum(len(ids) for ids in group)
+            if group and (size + len(token_ids) > limit_tokens or len(group) >= limit_sequences):
+                vectors += self._decode(group)
+                group = []
+            group.append(token_ids)
+        if group:
+            vectors += self._decode(group)
+        return vectors
+
+    def _decode(self, group: list[list[int]]) -> list[np.ndarray]:
         llm = self._llm
         llm._batch.reset()
-        llm._batch.add_sequence(token_ids, 0, True)
+        for sequence, token_ids in enumerate(group):
+            llm._batch.add_sequence(token_ids, sequence, True)
         llm._ctx.kv_cache_clear()
         llm._ctx.decode(llm._batch)
-        pointer = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, 0)
-        vector = np.array(pointer[: self.dimensions], dtype=np.float32)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        self.decodes += 1
+        vectors = []
+        for sequence in range(len(group)):
+            pointer = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, sequence)
+            vector = np.array(pointer[: self.dimensions], dtype=np.float32)
+            norm = float(np.linalg.norm(vector))
+            vectors.append(vector / norm if norm > 0 else vector)
+        return vectors
 
     def close(self) -> None:
         self._llm.close()

@@ -1,4 +1,8 @@
-"""One llama.cpp context and the token loop that runs a request on it (worker thread only)."""
+"""A GGUF model on llama.cpp and its vocabulary: tokenizing, token bytes and texts, grammars, logprobs.
+
+The sequences themselves run in the batching engine's own context (backends.llamacpp.engine); the Llama
+object here keeps only a minimal context of its own (llama-cpp-python always creates one).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,14 @@ import ctypes
 from pathlib import Path
 
 import llama_cpp
-import numpy as np
 
-from backends.base import FinishReason, GenerationChunk, GenerationRequest, StructuredOutput, TokenLogprob
+from backends.base import StructuredOutput, TokenLogprob
 from backends.llamacpp.native_log import route_native_logs
-from backends.llamacpp.sampler import SampledToken, SequenceSampler
-from backends.streams import ChunkSink
-from backends.structured import GrammarMatcher, InvalidStructuredOutputError, StructuredCompiler, Vocabulary
-from backends.text_stream import TextAssembler
+from backends.llamacpp.sampler import SampledToken
+from backends.structured import GrammarMatcher, StructuredCompiler, Vocabulary
 
 _PIECE_BUFFER = 64  # most pieces fit; a longer one says how long it is and is fetched again
+_OWN_CONTEXT = 64  # cells of the Llama's own context, which nothing runs on (the engine has its own)
 
 
 def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, *, special: bool) -> bytes:
@@ -35,8 +37,11 @@ def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, *, special: bool) ->
 
 
 class LlamaSession:
-    def __init__(self, llm: llama_cpp.Llama, path: Path, threads: int) -> None:
+    def __init__(
+        self, llm: llama_cpp.Llama, path: Path, threads: int, context_length: int | None = None
+    ) -> None:
         self._llm = llm
+        self._context_length = context_length  # None: the model's trained context
         self.path = path
         self.threads = threads
         self._vocab = llm._model.vocab
@@ -53,7 +58,8 @@ class LlamaSession:
         route_native_logs()
         llm = llama_cpp.Llama(
             model_path=str(path),
-            n_ctx=context_length or 0,  # 0: the model's trained context
+            n_ctx=_OWN_CONTEXT,
+            n_batch=_OWN_CONTEXT,
             n_threads=threads,
             n_threads_batch=threads,
             verbose=True,  # verbose=False swaps fds 1 and 2 under other threads' feet: see native_log
@@ -61,11 +67,21 @@ class LlamaSession:
             # would print the whole template to stderr on every load (verbose)
             chat_format="chatml",
         )
-        return cls(llm, path, threads)
+        return cls(llm, path, threads, context_length)
 
     @property
     def context_length(self) -> int:
-        return self._llm.n_ctx()
+        """The most tokens (prompt and output) one sequence may hold."""
+        return self._context_length or self._llm._model.n_ctx_train()
+
+    @property
+    def model(self) -> llama_cpp.llama_model_p:
+        return self._llm._model.model
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """End-of-generation tokens (llama_vocab_is_eog)."""
+        return self._eos_ids
 
     @property
     def vocab_size(self) -> int:
@@ -93,8 +109,23 @@ class LlamaSession:
             text.encode("utf-8"), add_bos=add_special_tokens and self._add_bos, special=True
         )
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        """llama.cpp's inverse of tokenize, control tokens' text included (not Llama.detokenize: it drops
+        them). llama_detokenize returns minus the size it needs when the buffer is too small."""
+        tokens = (llama_cpp.llama_token * len(token_ids))(*token_ids)
+        size = max(_PIECE_BUFFER, 8 * len(token_ids))
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self._vocab, tokens, len(token_ids), buf, size, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+
     def close(self) -> None:
         self._llm.close()
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._token_bytes(token)
 
     def _token_bytes(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)
@@ -105,24 +136,7 @@ class LlamaSession:
     def _token_text(self, token: int) -> str:
         return token_piece(self._vocab, token, special=True).decode("utf-8", errors="replace")
 
-    def _eval_prompt(self, prompt: list[int]) -> None:
-        """Evaluate the prompt, reusing the KV of the longest prefix shared with the previous request."""
-        llm = self._llm
-        shared = 0
-        limit = min(llm.n_tokens, len(prompt) - 1)  # always evaluate >= 1 token to get fresh logits
-        previous = llm.input_ids
-        while shared < limit and previous[shared] == prompt[shared]:
-            shared += 1
-        llm.n_tokens = shared  # eval() drops the KV cache beyond n_tokens
-        llm.eval(prompt[shared:])
-
-    def _logits(self) -> np.ndarray:
-        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        return np.ctypeslib.as_array(
-            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,)
-        )
-
-    def _logprob(self, sampled: SampledToken) -> TokenLogprob:
+    def logprob(self, sampled: SampledToken) -> TokenLogprob:
         return TokenLogprob(
             token_id=sampled.token_id,
             token=self._token_text(sampled.token_id),
@@ -130,50 +144,10 @@ class LlamaSession:
             top=tuple((t, self._token_text(t), lp) for t, lp in sampled.top),
         )
 
-    def _matcher(self, spec: StructuredOutput) -> GrammarMatcher:
+    def matcher(self, spec: StructuredOutput) -> GrammarMatcher:
         """A matcher for `spec` over this model's vocabulary; raises InvalidStructuredOutputError."""
         if self._grammars is None:
             token_bytes = [self._token_bytes(t) for t in range(self._n_vocab)]  # control tokens: b""
             vocab = Vocabulary(token_bytes, tuple(sorted(self._eos_ids)))
             self._grammars = StructuredCompiler(vocab, max_threads=self.threads)
         return self._grammars.matcher(spec)
-
-    def run(self, request: GenerationRequest, sink: ChunkSink) -> int:
-        """Generate until finished or cancelled; returns the number of tokens generated."""
-        params = request.sampling
-        grammar = None
-        if params.structured is not None:
-            try:
-                grammar = self._matcher(params.structured)
-            except InvalidStructuredOutputError as exc:  # the request's fault: the stream raises it
-                sink.put(exc)
-                return 0
-        sampler = SequenceSampler(params, request.prompt_token_ids, self._n_vocab, self._eos_ids)
-        stop_ids = self._eos_ids | set(params.stop_token_ids)
-        assembler = TextAssembler(params.stop)
-        self._eval_prompt(request.prompt_token_ids)
-        generated = 0
-        while not sink.cancelled:
-            sampled = sampler.sample(self._logits(), grammar.allowed_mask() if grammar else None)
-            token = sampled.token_id
-            generated += 1
-            logprobs = [self._logprob(sampled)] if params.logprobs is not None else None
-            finish: FinishReason | None = None
-            if grammar is not None and not grammar.accept(token):
-                raise RuntimeError(f"token {token} sampled against the grammar's mask")
-            # A terminated grammar has just accepted end-of-sequence: the document is complete, and
-            # nothing may follow it, ignore_eos or not.
-            ends = grammar is not None and grammar.is_terminated
-            if ends or (token in stop_ids and not (params.ignore_eos and token in self._eos_ids)):
-                text, finish = assembler.finish(), FinishReason.STOP
-            else:
-                text = assembler.push(self._token_bytes(token))
-                if assembler.stopped:
-                    finish = FinishReason.STOP
-                elif generated >= params.max_tokens:
-                    text, finish = text + assembler.finish(), FinishReason.LENGTH
-            sink.put(GenerationChunk(text=text, token_ids=[token], finish_reason=finish, logprobs=logprobs))
-            if finish is not None:
-                break
-            self._llm.eval([token])
-        return generated

@@ -97,6 +97,7 @@ class PagedStream:
         if chunk.finish_reason is None and self._assembler.stopped:
             self.abort()  # a stop string: only this layer can see it
             chunk.finish_reason = FinishReason.STOP
+            chunk.stop_sequence = self._assembler.matched_stop
         elif chunk.finish_reason is not None:
             self._mark_finished()
         return chunk
@@ -210,8 +211,22 @@ class PagedBackend:
         """The engine core: only the engine thread steps it; reading its counters is fine."""
         return self._engine
 
+    # --- LoRA adapters (any thread; the API is described in backends/paged/lora.py) -----------------------
+    def add_adapter(self, name: str, path: Path, scale: float = 1.0) -> None:
+        """Load a PEFT LoRA directory as adapter `name` (blocking: run it in a worker thread)."""
+        self._engine.add_adapter(name, Path(path), scale)
+
+    def remove_adapter(self, name: str) -> None:
+        self._engine.remove_adapter(name)
+
+    def adapters(self) -> list[str]:
+        return self._engine.adapter_names()
+
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self._tokenizer.decode_prompt(token_ids)
 
     def apply_chat_template(self, messages: list[ChatMessage]) -> str:
         return self._tokenizer.apply_chat_template(messages)

@@ -1,7 +1,8 @@
 """KV-cache blocks: a fixed pool, reference counts, and automatic prefix caching.
 
 A full block's hash chains its parent's hash with its token ids (blake2b, 128 bits), so equal hashes
-mean equal prefixes; a hit is still checked against the stored tokens and parent hash. A block is
+mean equal prefixes; the first block's parent is the sequence's cache salt (its LoRA adapter, if any), so
+KV never crosses adapters. A hit is still checked against the stored tokens and parent hash. A block is
 registered in the cache only once its keys/values have been computed, so a hit never reads a block
 that another sequence is still filling. Freed cached blocks keep their hash in an LRU set and are only
 evicted when a fresh block is needed and no uncached free block is left. Every operation is O(1) per
@@ -87,7 +88,7 @@ class BlockManager:
         hashes = self._hashes(seq, (seq.num_tokens - 1) // bs)
         found: list[int] = []
         reclaimed = 0
-        parent: bytes | None = None
+        parent = seq.cache_salt
         for i, h in enumerate(hashes):
             bid = self._cached.get(h)
             if bid is None:
@@ -140,7 +141,7 @@ class BlockManager:
             if h not in self._cached:
                 bid = seq.block_table[i]
                 self._hash[bid] = h
-                self._parent[bid] = hashes[i - 1] if i else None
+                self._parent[bid] = hashes[i - 1] if i else seq.cache_salt
                 self._tokens[bid] = tuple(seq.token_ids[i * bs : (i + 1) * bs])
                 self._cached[h] = bid
         seq.num_registered_blocks = num_full
@@ -148,7 +149,8 @@ class BlockManager:
     def _hashes(self, seq: Sequence, num_blocks: int) -> list[bytes]:
         hashes, bs = seq.block_hashes, self.block_size
         for i in range(len(hashes), num_blocks):
-            hashes.append(chain_hash(hashes[i - 1] if i else None, seq.token_ids[i * bs : (i + 1) * bs]))
+            parent = hashes[i - 1] if i else seq.cache_salt
+            hashes.append(chain_hash(parent, seq.token_ids[i * bs : (i + 1) * bs]))
         return hashes
 
     # --- allocation --------------------------------------------------------------------------------------

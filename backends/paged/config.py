@@ -28,6 +28,11 @@ class EngineConfig(BaseModel):
     max_model_len: int | None = Field(None, ge=2, description="default: from the checkpoint")
     max_waiting_requests: int = Field(1024, ge=1, description="bounded queue; beyond it requests are refused")
     long_prefill_chunk: int | None = Field(None, ge=1, description="per-sequence prefill chunk cap per step")
+    # LoRA: device slots for this many adapters at once (0: no LoRA, nothing reserved); more adapters may be
+    # loaded, they swap into the slots least recently used first. The slots' memory is taken before the KV
+    # pool is sized.
+    max_loras: int = Field(0, ge=0, le=256, description="resident LoRA adapters (0: LoRA off)")
+    max_lora_rank: int = Field(16, ge=1, le=512, description="the largest adapter rank the slots hold")
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

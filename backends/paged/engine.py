@@ -14,6 +14,7 @@ from backends.base import BackendError, FinishReason, GenerationRequest, QueueFu
 from backends.paged.block_manager import BlockManager
 from backends.paged.config import EngineConfig
 from backends.paged.loader import load_checkpoint, random_model
+from backends.paged.lora import AdapterRegistry, LoraDisabledError, load_peft_adapter
 from backends.paged.model import CausalLM
 from backends.paged.model_config import ModelConfig
 from backends.paged.model_runner import ModelRunner, resolve_device, resolve_dtype
@@ -82,6 +83,7 @@ class EngineCounters:
     num_prompt_tokens_computed: int  # of those, at prompt positions (cache hits skip these)
     num_generation_tokens: int  # tokens sampled
     num_steps: int
+    num_lora_loads: int = 0  # adapters copied into a LoRA slot (first use, or swapped back in)
 
 
 @dataclass(slots=True)
@@ -117,6 +119,7 @@ class LLMEngine:
                 f"max_model_len {config.max_model_len} exceeds what the model supports ({limit})"
             )
         self.runner = ModelRunner(model, config, self.eos_ids)
+        self.adapters = AdapterRegistry()
         self.block_manager = BlockManager(
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching
         )
@@ -143,6 +146,27 @@ class LLMEngine:
         model = random_model(preset, resolve_dtype(config.dtype, device), device, seed)
         return cls(model, config, model_name=preset if isinstance(preset, str) else "random")
 
+    # --- LoRA adapters (any thread) -----------------------------------------------------------------------
+    def add_adapter(self, name: str, path: Path, scale: float = 1.0) -> None:
+        """Load a PEFT LoRA directory and serve it as `name` (blocking; see backends/paged/lora.py)."""
+        if self.config.max_loras == 0:
+            raise LoraDisabledError(
+                f"model {self.model_name!r} serves no LoRA adapters: its engine has max_loras 0"
+            )
+        model = self.runner.model  # read-only here: shapes and dtype
+        adapter = load_peft_adapter(
+            path, name, self.adapters.new_uid(), model, self.config.max_lora_rank, scale
+        )
+        self.adapters.add(adapter)
+        log.info("adapter %r (rank %d) loaded from %s", name, adapter.rank, adapter.path)
+
+    def remove_adapter(self, name: str) -> None:
+        """Stop serving `name`; its running requests finish on it (they hold the loaded adapter)."""
+        self.adapters.remove(name)
+
+    def adapter_names(self) -> list[str]:
+        return self.adapters.names()
+
     # --- requests ----------------------------------------------------------------------------------------
     def check_request(self, request: GenerationRequest) -> None:
         """Refuse what can never be served; reads only immutable state, so any thread may call it."""
@@ -157,6 +181,8 @@ class LLMEngine:
             raise RequestRejectedError(f"prompt token ids must lie in [0, {self.vocab_size})")
         if request.sampling.max_tokens < 1:
             raise RequestRejectedError("max_tokens must be at least 1")
+        if request.adapter is not None and self.adapters.get(request.adapter) is None:
+            raise RequestRejectedError(f"model {self.model_name!r} has no adapter named {request.adapter!r}")
         if request.sampling.structured is not None:
             if self.tokenizer is None:
                 raise RequestRejectedError("structured output needs the model's tokenizer")
@@ -170,6 +196,9 @@ class LLMEngine:
         if self.scheduler.is_full:
             raise QueueFullError(self.model_name)
         seed = request.sampling.seed
+        adapter = None if request.adapter is None else self.adapters.get(request.adapter)
+        if request.adapter is not None and adapter is None:  # removed since check_request
+            raise RequestRejectedError(f"model {self.model_name!r} has no adapter named {request.adapter!r}")
         # Everything that may fail for this request's own reasons happens before it is registered, so a
         # failed admission leaves no trace in the engine.
         seq = Sequence(
@@ -179,6 +208,7 @@ class LLMEngine:
             arrival=next(self._arrivals),
             generator=None if seed is None else self.runner.make_generator(seed % _SEED_BITS),
             grammar=self._matcher(request.sampling.structured) if request.sampling.structured else None,
+            adapter=adapter,
             arrival_time=time.monotonic(),
         )
         self._requests[seq.request_id] = seq
@@ -338,6 +368,7 @@ class LLMEngine:
             num_prompt_tokens_computed=c.prompt_computed,
             num_generation_tokens=c.generated,
             num_steps=c.steps,
+            num_lora_loads=self.runner.lora.num_loads if self.runner.lora is not None else 0,
         )
 
     def metrics(self) -> EngineStats:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backends.paged.model_config import RopeConfig
+
+if TYPE_CHECKING:
+    from backends.paged.lora_slots import LoraLinear
 
 
 def copy_weight(param: torch.Tensor, loaded: torch.Tensor) -> None:
@@ -37,6 +41,7 @@ class ShardedLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(start), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self.lora: LoraLinear | None = None  # the LoRA slots, set when the engine serves adapters
 
     def load_shard(self, param: torch.Tensor, loaded: torch.Tensor, shard: str | None) -> None:
         """Copy one checkpoint tensor (q, k, v, gate, up, or a whole unfused weight) into its rows."""
@@ -47,7 +52,10 @@ class ShardedLinear(nn.Module):
         target.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)
+        if self.lora is not None:
+            self.lora.apply(y, x)  # in place: each token's adapter delta, if the step has any
+        return y
 
 
 class Embedding(nn.Module):

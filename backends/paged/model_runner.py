@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import kernels
 from backends.base import SamplingParams
 from backends.paged.attention import AttentionMetadata
 from backends.paged.config import EngineConfig
+from backends.paged.lora_slots import LoraSlots
 from backends.paged.model import CausalLM
 from backends.paged.sampler import Sampler, SamplerOutput, SamplingBatch
 from backends.paged.scheduler import ScheduledSeq, SchedulerOutput
@@ -46,6 +48,8 @@ class ModelInputs:
     logits_indices: torch.Tensor  # [S]: the last token of each sampling sequence
     sampling_seqs: list[Sequence]  # row order of the sampler's output
     sampling: SamplingBatch | None  # None when no sequence samples this step
+    lora_slots: torch.Tensor | None = None  # [T] int32 LoRA slot per token (-1: base); None: no adapters
+    lora_groups: kernels.SlotGroups | None = None  # CPU only: the rows of each slot (the reference's view)
 
 
 class ModelRunner:
@@ -58,6 +62,9 @@ class ModelRunner:
         self.block_size = config.block_size
         self.vocab_size = model.config.vocab_size
         self.sampler = Sampler()
+        # Before the KV pool is sized, so the pool is what remains after the slots (and, on CUDA, the
+        # warm-up runs the LoRA path and counts its buffers in the peak).
+        self.lora = LoraSlots(model, config.max_loras, config.max_lora_rank) if config.max_loras else None
         self.num_blocks = self._num_kv_blocks()
         cfg = model.config
         shape = (2, cfg.num_layers, self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
@@ -121,7 +128,10 @@ class ModelRunner:
             seq.block_table = list(range(first, first + nb))
             first += nb
             seqs.append(ScheduledSeq(seq, n, samples=True))
-        self.execute(self.prepare(SchedulerOutput(seqs)))
+        inputs = self.prepare(SchedulerOutput(seqs))
+        if self.lora is not None:  # every token on an adapter: the LoRA path's buffers count in the peak
+            inputs.lora_slots = torch.zeros(sum(lens), dtype=torch.int32, device=self.device)
+        self.execute(inputs)
         torch.cuda.synchronize(self.device)
         self._bind_cache(torch.empty(0))
 
@@ -168,6 +178,12 @@ class ModelRunner:
             prefill_cu_query_lens=to_dev(prefill_cu),
             prefill_context_lens=to_dev(context_lens[num_decodes:]),
         )
+        lora_slots, lora_groups = None, None
+        if self.lora is not None and any(item.seq.adapter is not None for item in items):
+            per_seq = np.asarray(self.lora.activate([item.seq.adapter for item in items]), dtype=np.int32)
+            lora_slots = to_dev(np.repeat(per_seq, num_new))
+            if self.device.type == "cpu":
+                lora_groups = kernels.slot_groups(lora_slots)
         sampling_seqs = [items[row].seq for row in sampling_rows]
         sampling = None
         if sampling_seqs:
@@ -181,6 +197,8 @@ class ModelRunner:
             logits_indices=to_dev(cu[1:][sampling_rows] - 1),
             sampling_seqs=sampling_seqs,
             sampling=sampling,
+            lora_slots=lora_slots,
+            lora_groups=lora_groups,
         )
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -195,6 +213,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, inputs: ModelInputs) -> SamplerOutput | None:
         """Run the model; sample for the sequences whose chunk reached their last token."""
+        if self.lora is not None:
+            self.lora.batch.token_slots, self.lora.batch.groups = inputs.lora_slots, inputs.lora_groups
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         if inputs.sampling is None:
             return None

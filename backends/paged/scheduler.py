@@ -125,10 +125,22 @@ class Scheduler:
         bm = self.block_manager
         num_running = len(self.running)
         being_computed: set[bytes] = set()  # prefixes a sequence admitted in this step will compute
+        # LoRA: running sequences use at most max_loras distinct adapters (the device slots), so every
+        # step's adapters fit. A request whose adapter would exceed that waits (in its place) while the
+        # requests behind it may start: its turn comes when an adapter's last sequence ends.
+        adapters = {s.adapter.uid for s in self.running if s.adapter is not None}
+        lora_blocked: list[Sequence] = []
         while self.waiting and budget > 0 and num_running < self.config.max_num_seqs:
             seq = self.waiting[0]
             if seq.is_finished:  # aborted while queued
                 self.waiting.popleft()
+                continue
+            if (
+                seq.adapter is not None
+                and seq.adapter.uid not in adapters
+                and len(adapters) >= self.config.max_loras
+            ):
+                lora_blocked.append(self.waiting.popleft())
                 continue
             match = bm.match_prefix(seq)
             prefix = bm.first_uncached_hash(seq, match)
@@ -146,8 +158,11 @@ class Scheduler:
                 being_computed.add(prefix)
             seq.start_running()
             bisect.insort(self.running, seq, key=lambda s: s.arrival)
+            if seq.adapter is not None:
+                adapters.add(seq.adapter.uid)
             num_running += 1
             budget -= self._add(out, seq, n, scheduled)
+        self.waiting.extendleft(reversed(lora_blocked))
         return budget
 
     def _make_room(self, seq: Sequence, n: int, scheduled: set[int], out: SchedulerOutput) -> bool:

@@ -11,6 +11,7 @@ from backends.base import FinishReason, SamplingParams
 if TYPE_CHECKING:
     import torch
 
+    from backends.paged.lora import LoraAdapter
     from backends.structured import GrammarMatcher
 
 
@@ -42,6 +43,7 @@ class Sequence:
     # Only for structured output. It has accepted every output token so far and survives preemption:
     # recompute replays tokens through the model, never through the grammar.
     grammar: GrammarMatcher | None = None
+    adapter: LoraAdapter | None = None  # the LoRA adapter it runs on (None: the base model)
     num_prompt_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
@@ -58,6 +60,11 @@ class Sequence:
         self.num_prompt_tokens = len(self.token_ids)
 
     # --- views -------------------------------------------------------------------------------------------
+    @property
+    def cache_salt(self) -> bytes | None:
+        """Seeds the chain of block hashes: KV computed under one adapter never serves another."""
+        return None if self.adapter is None else self.adapter.cache_salt
+
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)

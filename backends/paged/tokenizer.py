@@ -152,6 +152,10 @@ class Tokenizer:
     def decode(self, token_ids: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", errors="replace")
 
+    def decode_prompt(self, token_ids: list[int]) -> str:
+        """The inverse of encode: special tokens as their text, as Hugging Face decodes by default."""
+        return self._tok.decode(token_ids, skip_special_tokens=False)
+
     @property
     def chat_template(self) -> ChatTemplate | None:
         return self._chat_template

@@ -9,6 +9,7 @@ from backends.tools.parser import ToolCallParser
 # The first marker found in the template decides; more specific formats come first (Hermes templates of
 # Llama 3 models mention <|python_tag|> nowhere, but Llama 3.1's mention both '"parameters"' and tags).
 _TEMPLATE_MARKERS = (
+    ("<|channel|>", "harmony"),  # gpt-oss: its calls are messages to functions.NAME on a channel
     ("<｜tool▁calls▁begin｜>", "deepseek_v3"),
     ("<｜tool▁call▁begin｜>", "deepseek_v3"),
     ("[TOOL_CALLS]", "mistral"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from backends.tools.harmony import HarmonyParser
 from backends.tools.json_scan import skip_space, value_end
 from backends.tools.parser import PartialCall, RegionParse, ToolCallParser
 
@@ -329,5 +330,6 @@ PARSERS: dict[str, type[ToolCallParser]] = {
         GraniteParser,
         FunctionaryV32Parser,
         FunctionTagParser,
+        HarmonyParser,
     )
 }

@@ -56,7 +56,13 @@ class ToolCallParser(ABC):
     # a format whose generation prompt already opened a region (functionary's '>>>')
     starts_in_region: ClassVar[bool] = False
 
-    def __init__(self) -> None:
+    def __init__(self, max_calls: int | None = None, leading: bool = True) -> None:
+        """max_calls: calls after that many are not read, nor is anything after them (parallel_tool_calls
+        false). leading: whether a leading marker opens a region; off where the grammar constrains only the
+        calls that open with a start marker (strict functions under tool_choice auto), so that a bare
+        object the grammar let through as text is not taken for a call."""
+        self._max_calls = max_calls
+        self._leading = leading
         self._text = ""
         self._settled = 0  # text before this is content already reported or consumed by regions
         self._region: int | None = 0 if self.starts_in_region else None  # where the open region's body is
@@ -79,6 +85,11 @@ class ToolCallParser(ABC):
         return self._advance(final=True)
 
     @property
+    def closed(self) -> bool:
+        """max_calls calls are complete: nothing more will be read, the output may as well stop."""
+        return self._limit_reached()
+
+    @property
     def calls(self) -> list[ParsedToolCall]:
         return [ParsedToolCall(p.name, p.arguments, p.id) for p in self._progress]
 
@@ -87,6 +98,9 @@ class ToolCallParser(ABC):
     def _advance(self, final: bool) -> list[ParserEvent]:
         events: list[ParserEvent] = []
         while True:
+            if self._region is None and self._limit_reached():
+                self._settled = len(self._text)  # what follows the last call allowed is not read
+                return events
             if self._region is None:
                 found = self._find_start()
                 if found is None:
@@ -118,6 +132,10 @@ class ToolCallParser(ABC):
             if final and end >= len(self._text):
                 return events
 
+    def _limit_reached(self) -> bool:
+        limit = self._max_calls
+        return limit is not None and len(self._progress) >= limit and all(p.ended for p in self._progress)
+
     def _find_start(self) -> tuple[int, int, str] | None:
         """(where the marker starts, where the region's body starts, the marker), earliest first."""
         best: tuple[int, int, str] | None = None
@@ -125,7 +143,7 @@ class ToolCallParser(ABC):
             at = self._text.find(marker, self._settled)
             if at >= 0 and (best is None or at < best[0]):
                 best = (at, at + len(marker), marker)
-        if self._settled == 0 or not self._text[: self._settled].strip():
+        if self._leading and (self._settled == 0 or not self._text[: self._settled].strip()):
             first = len(self._text) - len(self._text.lstrip())
             for marker in self.leading_markers:
                 if self._text.startswith(marker, first) and (best is None or first < best[0]):
@@ -135,7 +153,7 @@ class ToolCallParser(ABC):
     def _holdback(self) -> int:
         """How much of the unsettled tail may still be the start of a marker."""
         tail = self._text[self._settled :]
-        if self.leading_markers and not self._text.strip():
+        if self._leading and self.leading_markers and not self._text.strip():
             return len(tail)  # nothing but whitespace so far: a leading marker may follow
         longest = 0
         for marker in self.start_markers:
@@ -161,6 +179,8 @@ class ToolCallParser(ABC):
     def _sync(self, events: list[ParserEvent], calls: list[PartialCall]) -> None:
         for offset, call in enumerate(calls):
             index = self._region_first + offset
+            if self._max_calls is not None and index >= self._max_calls:
+                return
             if index == len(self._progress):
                 if call.name is None:
                     return  # calls are reported in order: this one is not recognisable yet

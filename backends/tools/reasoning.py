@@ -4,12 +4,22 @@ splits a streamed output into the two, holding back only what may be the start o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
     reasoning: str = ""
     content: str = ""
+
+
+class ReasoningSplitter(Protocol):
+    """What splits an output into reasoning and content: this module's `<think>` parser, or the channels of
+    gpt-oss's harmony format (backends.tools.harmony)."""
+
+    def feed(self, text: str) -> ReasoningDelta: ...
+
+    def finish(self) -> ReasoningDelta: ...
 
 
 class ReasoningParser:
@@ -49,7 +59,7 @@ class ReasoningParser:
                 if not self._buffer:
                     break
                 self._after_end = False
-            keep = 0 if final else _partial_marker(self._buffer, marker)
+            keep = 0 if final else partial_marker(self._buffer, marker)
             if not self._inside and not final and not self._seen_content and not self._buffer.strip():
                 keep = len(self._buffer)  # only whitespace yet: the reasoning may still open
             piece, self._buffer = (
@@ -63,7 +73,7 @@ class ReasoningParser:
         return ReasoningDelta("".join(reasoning), "".join(content))
 
 
-def _partial_marker(text: str, marker: str) -> int:
+def partial_marker(text: str, marker: str) -> int:
     for size in range(min(len(marker) - 1, len(text)), 0, -1):
         if marker.startswith(text[-size:]):
             return size

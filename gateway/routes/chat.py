@@ -17,7 +17,7 @@ from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
 from gateway.deps import CallContext, CallDep
 from gateway.dispatch import dispatch
 from gateway.errors import bad_request
-from gateway.generation import prepare_chat
+from gateway.generation import PreparedGeneration, prepare_chat
 from gateway.openai_protocol import (
     AssistantMessage,
     ChatChoice,
@@ -35,7 +35,7 @@ from gateway.openai_protocol import (
     TopLogprob,
     Usage,
 )
-from gateway.registry import ManagedModel
+from gateway.registry import ManagedModel, ServedModel
 from gateway.remote_serving import remote_chat
 from gateway.routing import RemoteModel
 from gateway.streaming import SSE_DONE, SSE_HEADERS, Generation, open_generation, sse, stream_error
@@ -48,6 +48,7 @@ from gateway.tool_calls import (
     finish_reason,
     read_all,
     tool_plan,
+    with_strict_calls,
 )
 from gateway.tool_conversation import openai_conversation
 
@@ -102,10 +103,13 @@ async def _serve(
     request, request_id = call.request, call.request_id
     name = request.state.tandem_model
     conversation, structured = await asyncio.to_thread(_prepared, body)
-    generation = await open_generation(
-        call, model, lambda m: prepare_chat(body, m, conversation, request_id, structured)
-    )
-    plan = tool_plan(conversation, generation.prompt, model.spec.tool_parser)
+
+    def prepare(served: ServedModel) -> PreparedGeneration:
+        prepared = prepare_chat(body, served, conversation, request_id, structured)
+        return with_strict_calls(prepared, conversation, served)  # the prompt's tool format decides it
+
+    generation = await open_generation(call, model, prepare)
+    plan = tool_plan(conversation, generation.prompt, model.spec.tool_parser, strict_grammar=True)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = _stream(generation, body, plan, name, completion_id, created)
@@ -117,6 +121,7 @@ async def _serve(
         content: str | None = r.text
         calls: list[ToolCall] = []
         reasoning = None
+        reader: ToolCallReader | None = None
         if plan is not None:
             reader = read_all(plan, r.text)
             content, calls, reasoning = reader.content, reader.calls, reader.reasoning or None
@@ -130,7 +135,7 @@ async def _serve(
                 index=i,
                 message=message,
                 logprobs=chat_logprobs(r.logprobs) if body.logprobs else None,
-                finish_reason=finish_reason(r.finish_reason, calls),
+                finish_reason=finish_reason(r.finish_reason, calls, reader is not None and reader.closed),
             )
         )
     return ChatCompletion(
@@ -182,8 +187,11 @@ async def _stream(
         readers: list[ToolCallReader | None] = [plan.new_reader() if plan else None for _ in range(n)]
         for i in range(n):
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        finished: set[int] = set()
         try:
             async for index, piece in generation.chunks():
+                if index in finished:
+                    continue  # past the one call parallel_tool_calls false allows: not read
                 logprobs = chat_logprobs(piece.logprobs) if body.logprobs and piece.logprobs else None
                 reader = readers[index]
                 if reader is None:
@@ -197,10 +205,15 @@ async def _stream(
                 for delta in deltas:
                     yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)])
                     logprobs = None  # a piece's logprobs go with its first delta
-                if piece.finish_reason is not None:
+                closed = reader is not None and reader.closed
+                if piece.finish_reason is not None or closed:
                     calls = reader.calls if reader is not None else []
-                    reason = finish_reason(piece.finish_reason.value, calls)
+                    value = piece.finish_reason.value if piece.finish_reason is not None else None
+                    reason = finish_reason(value, calls, closed)
                     yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)])
+                    finished.add(index)
+                    if len(finished) == n:
+                        break  # leaving the generation aborts what is left of it
         except Exception as exc:
             yield stream_error(exc)
             return

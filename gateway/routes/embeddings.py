@@ -51,6 +51,12 @@ async def _embed(
     lease = await call.models.acquire(model, keep_alive)
     try:
         backend = lease.served.backend
+        if lease.served.adapter is not None:  # the embedder runs the base weights alone: refuse, not ignore
+            raise bad_request(
+                f"model '{model.spec.name}' is a LoRA adapter: embeddings with an adapter are not supported",
+                param="model",
+                code="unsupported_model",
+            )
         if not backend.capabilities.embeddings:
             raise bad_request(
                 f"model '{model.spec.name}' (backend {backend.kind}) does not support embeddings",

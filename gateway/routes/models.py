@@ -17,6 +17,7 @@ ROUTE_BACKEND = "router"  # what /v1/models says of an entry that routes to othe
 
 def _card(call: CallDep, spec: ModelSpec) -> ModelCard:
     local = call.models.resolve(spec.name) if spec.backend in ("llamacpp", "paged") else None
+    parent = local.base.spec.name if local is not None and local.base is not None else None
     return ModelCard(
         id=spec.name,
         created=local.created if local is not None else int(time.time()),
@@ -24,6 +25,8 @@ def _card(call: CallDep, spec: ModelSpec) -> ModelCard:
         aliases=spec.aliases,
         context_length=local.context_length if local is not None else spec.context_length,
         state=local.state.value if local is not None else "loaded",
+        root=parent or spec.name,
+        parent=parent,
     )
 
 

@@ -40,7 +40,7 @@ from gateway.ollama_protocol import (
     ToolCallOut,
     timestamp,
 )
-from gateway.ollama_upstream import remote_ollama_chat
+from gateway.ollama_upstream import remote_ollama_chat, remote_ollama_generate
 from gateway.registry import DEFAULT_KEEP_ALIVE, ManagedModel, ServedModel
 from gateway.routes.ollama_models import resolve_ollama_model
 from gateway.routing import RemoteModel
@@ -269,8 +269,6 @@ def _generate_prompt(body: GenerateRequest, served: ServedModel) -> list[int]:
 
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, request: Request, call: CallDep):
-    if body.images:
-        raise bad_request(f"model '{body.model}' does not support images")
     if body.suffix:
         raise bad_request(f"model '{body.model}' does not support insert (suffix)")
     keep_alive = _keep_alive(body)
@@ -294,7 +292,12 @@ async def generate(body: GenerateRequest, request: Request, call: CallDep):
         return {} if body.raw else {"context": [*prompt_ids, *produced]}
 
     async def serve(model: ManagedModel) -> StreamingResponse | dict:
+        if body.images:  # no local backend runs a vision model yet; a remote upstream may
+            raise bad_request(f"model '{body.model}' does not support images")
         generation = await open_generation(call, model, prepare, keep_alive)
         return await _respond(request, generation, body.stream, piece, final_fields)
 
-    return await dispatch(call, body.model, serve)
+    async def on_upstream(remote: RemoteModel, requested: str) -> StreamingResponse | dict:
+        return await remote_ollama_generate(call, remote, body, requested)
+
+    return await dispatch(call, body.model, serve, on_upstream)

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from backends.base import ChatMessage
 from backends.chat_template import ChatTemplate, ChatTemplateError
 from backends.inspect import inspect_model
-from gateway.config import ModelSpec
+from gateway.adapter_admin import adapter_base, install_adapter, remove_adapter
+from gateway.adapter_models import AdapterModel
+from gateway.config import AdapterSpec, ModelSpec
 from gateway.deps import AdminDep, ModelsDep, StoreDep
 from gateway.errors import APIError, bad_request
 from gateway.model_store import StoreError
@@ -74,8 +76,11 @@ def _modelfile_of(body: CreateRequest) -> Modelfile:
         ]
     except ModelfileError as exc:
         raise bad_request(str(exc)) from None
-    if body.adapters:
-        result.adapters.extend(body.adapters)
+    if body.adapters:  # Ollama's: file names -> digests of blobs pushed beforehand; tandem has no blob store
+        raise bad_request(
+            "'adapters' (uploaded blobs) are not supported: give a Modelfile with ADAPTER and the adapter's "
+            "path on the server"
+        )
     if not result.base:
         raise bad_request("neither 'from' nor a Modelfile with FROM was given")
     return result
@@ -97,9 +102,35 @@ def _base_spec(models: ModelManager, base: str) -> tuple[dict[str, Any], Path]:
     raise bad_request(f"FROM {base!r}: not a model name, a .gguf file or a Hugging Face checkpoint directory")
 
 
+def adapter_of(models: ModelManager, name: str, modelfile: Modelfile) -> tuple[ManagedModel, AdapterSpec]:
+    """FROM a model + ADAPTER path: a LoRA adapter model of its own, run by that model's backend."""
+    if len(modelfile.adapters) > 1:
+        raise bad_request("one ADAPTER per model: tandem applies a single LoRA adapter to a request")
+    if models.resolve(modelfile.base) is None and models.resolve(modelfile.base.removesuffix(LATEST)) is None:
+        raise bad_request(
+            f"with ADAPTER, FROM must name a model this profile serves, not {modelfile.base!r}: "
+            "the adapter runs on that model's backend"
+        )
+    settings = {
+        "SYSTEM": modelfile.system,
+        "TEMPLATE": modelfile.template,
+        "MESSAGE": modelfile.messages or None,
+        "PARAMETER": modelfile.parameters or modelfile.context_length,
+    }
+    taken = [instruction for instruction, value in settings.items() if value]
+    if taken:
+        raise bad_request(
+            f"with ADAPTER, {', '.join(taken)} is not supported: an adapter model takes its base model's "
+            "settings (make a model with them first, then the adapter FROM it)"
+        )
+    try:
+        adapter = AdapterSpec(name=name, path=modelfile.adapters[0])
+    except ValidationError as exc:
+        raise bad_request(f"invalid adapter: {exc.errors()[0]['msg']}") from None
+    return adapter_base(models, modelfile.base), adapter
+
+
 def build_spec(models: ModelManager, name: str, modelfile: Modelfile) -> tuple[ModelSpec, Path]:
-    if modelfile.adapters:
-        raise bad_request("ADAPTER (LoRA) is not supported yet")
     if modelfile.template is not None:
         if any(marker in modelfile.template for marker in GO_TEMPLATE_MARKERS):
             raise bad_request("TEMPLATE uses Go template syntax; tandem takes a Jinja chat template there")
@@ -187,6 +218,11 @@ async def create(body: CreateRequest, models: ModelsDep, store: StoreDep, _: Adm
     if body.quantize:
         raise bad_request("quantize is not supported: create from an already quantized GGUF")
     modelfile = _modelfile_of(body)
+    if modelfile.adapters:
+        base, adapter = adapter_of(models, name, modelfile)
+        await install_adapter(models, store, base, adapter)
+        statuses = ["parsing modelfile", f"using LoRA adapter {adapter.path} on model {base.spec.name}"]
+        return _status_stream([*statuses, "writing manifest", "success"], body.stream)
     spec, path = build_spec(models, name, modelfile)
     await _install(models, store, spec, path)
     statuses = ["parsing modelfile", f"using {spec.backend} model at {path}"]
@@ -199,6 +235,14 @@ async def copy(
     body: CopyRequest, models: ModelsDep, store: StoreDep, request: Request, _: AdminDep
 ) -> Response:
     source = resolve_ollama_model(models, body.source, request)
+    if isinstance(source, AdapterModel):  # the copy: another adapter model on the same base and files
+        copied = source.adapter.model_copy(update={"name": body.destination.removesuffix(LATEST)})
+        try:
+            copied = AdapterSpec.model_validate(copied.model_dump())
+        except ValidationError as exc:
+            raise bad_request(f"invalid destination: {exc.errors()[0]['msg']}") from None
+        await install_adapter(models, store, source.parent, copied)
+        return Response(status_code=200)
     spec = source.spec.model_copy(update={"name": body.destination.removesuffix(LATEST), "aliases": [],
                                           "demo": False, "preload": False})  # fmt: skip
     try:
@@ -219,6 +263,9 @@ async def delete(
     model = resolve_ollama_model(models, name, request)
     if not model.user_created:
         raise APIError(400, f"model '{name}' is defined in the config file; remove it there")
+    if model.base is not None:
+        await remove_adapter(models, store, model)
+        return Response(status_code=200)
     await models.remove(model)
     store.delete(model.spec.name)
     return Response(status_code=200)

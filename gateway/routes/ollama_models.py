@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 
 from backends.base import ChatMessage, ModelInfo
 from gateway import __version__
+from gateway.adapter_models import AdapterModel
 from gateway.deps import ModelsDep, may_see, record_model
 from gateway.errors import APIError, bad_request
 from gateway.modelfile import render_modelfile
@@ -68,9 +69,12 @@ def _listed(model: ManagedModel, name: str) -> ListedModel:
     modified = datetime.fromtimestamp(model.created, UTC)
     # Hashing multi-GB weights on every listing is too slow; identify the file by path, size and time instead.
     digest = hashlib.sha256(f"{model.path}:{info.size_bytes}:{model.created}".encode()).hexdigest()
+    details = _details(info)
+    if model.base is not None:  # a LoRA adapter: Ollama's parent_model names the model it runs on
+        details.parent_model = _ollama_name(model.base.spec.name)
     return ListedModel(
         name=name, model=name, modified_at=modified.isoformat(), size=info.size_bytes, digest=digest,
-        details=_details(info),
+        details=details,
     )  # fmt: skip
 
 
@@ -96,7 +100,7 @@ def _unreadable(model: ManagedModel, name: str) -> APIError:
 
 @router.get("/tags")
 async def tags(models: ModelsDep, request: Request) -> TagsResponse:
-    visible = [m for m in models if may_see(request, m) and _readable(m)]
+    visible = [m for m in [*models, *models.adapters()] if may_see(request, m) and _readable(m)]
     return TagsResponse(models=[_listed(m, _ollama_name(name)) for m in visible for name in m.names])
 
 
@@ -132,7 +136,9 @@ def _modelfile(model: ManagedModel) -> tuple[str, str]:
     if spec.context_length is not None:
         parameters["context_length"] = spec.context_length
     messages = [ChatMessage(role=m.role, content=m.content) for m in spec.messages]
-    text = render_modelfile(str(model.path), spec.system, parameters, messages)
+    adapters = [(str(model.path), model.adapter.scale)] if isinstance(model, AdapterModel) else None
+    base = model.base.spec.name if model.base is not None else str(model.path)
+    text = render_modelfile(base, spec.system, parameters, messages, adapters)
     header = f"# tandem {__version__}: model {spec.name} on backend {spec.backend}\n"
     parameter_lines = [
         line.removeprefix("PARAMETER ") for line in text.splitlines() if line.startswith("PARAMETER")

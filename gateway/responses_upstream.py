@@ -1,0 +1,127 @@
+"""A Responses API request served by a remote (OpenAI-compatible) upstream: the conversation sent as the
+upstream's chat request, its answer read back as the same output events a local model's reader makes.
+
+So a remote model's response is stored, continued, streamed and numbered exactly as a local one's; limits
+and usage are settled as for every remote request (gateway.remote_serving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from backends.conversation import Conversation, ToolChoiceKind
+from backends.template_inputs import template_tools
+from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
+from gateway.deps import CallContext
+from gateway.remote_serving import admit_remote, release_stream
+from gateway.responses_output import Piece
+from gateway.responses_protocol import ResponseRequest, TextFormatJSONObject, TextFormatJSONSchema
+from gateway.routing import RemoteModel
+from gateway.tool_calls import OutputEvent, ReasoningText
+from gateway.upstream_messages import openai_message
+
+
+def upstream_payload(body: ResponseRequest, conversation: Conversation) -> dict[str, Any]:
+    payload: dict[str, Any] = {"messages": [openai_message(m) for m in conversation.messages]}
+    if conversation.tools:
+        payload["tools"] = template_tools(conversation)
+        choice = conversation.tool_choice
+        payload["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}}
+            if choice.kind is ToolChoiceKind.NAMED
+            else choice.kind.value
+        )
+        payload["parallel_tool_calls"] = conversation.parallel_tool_calls
+    text_format = body.text.format
+    if isinstance(text_format, TextFormatJSONObject):
+        payload["response_format"] = {"type": "json_object"}
+    elif isinstance(text_format, TextFormatJSONSchema):
+        schema = {"name": text_format.name, "schema": text_format.schema_, "strict": bool(text_format.strict)}
+        payload["response_format"] = {"type": "json_schema", "json_schema": schema}
+    fields = {
+        "max_tokens": body.max_output_tokens, "temperature": body.temperature, "top_p": body.top_p,
+        "reasoning_effort": body.reasoning.effort if body.reasoning is not None else None, "user": body.user,
+    }  # fmt: skip
+    return payload | {name: value for name, value in fields.items() if value is not None}
+
+
+class _Calls:
+    """OpenAI's call deltas (id and name first, then argument fragments, by index) as reader events."""
+
+    def __init__(self) -> None:
+        self._begun: set[int] = set()
+
+    def events(self, delta: dict[str, Any]) -> list[OutputEvent]:
+        events: list[OutputEvent] = []
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            events.append(ReasoningText(reasoning))
+        if delta.get("content"):
+            events.append(ContentDelta(delta["content"]))
+        for piece in delta.get("tool_calls") or []:
+            index = int(piece.get("index") or 0)
+            function = piece.get("function") or {}
+            if index not in self._begun:
+                self._begun.add(index)
+                events.append(ToolCallBegin(index, function.get("name") or "", piece.get("id") or None))
+            if function.get("arguments"):
+                events.append(ToolCallArguments(index, function["arguments"]))
+        return events
+
+
+def _usage(data: dict[str, Any]) -> tuple[int, int] | None:
+    usage = data.get("usage")
+    if not usage:
+        return None
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+async def remote_whole(
+    call: CallContext, remote: RemoteModel, payload: dict[str, Any], requested: str
+) -> Piece:
+    admission = await admit_remote(call, payload)
+    remote.in_flight += 1
+    usage: tuple[int, int] | None = None
+    try:
+        data = await remote.upstream().chat(requested, payload)
+        usage = _usage(data)
+    finally:
+        remote.in_flight -= 1
+        await admission.settle(*(usage or (0, 0)))
+    choice = (data.get("choices") or [{}])[0]
+    message = dict(choice.get("message") or {})
+    # a whole message is one delta whose calls all arrive at once
+    message["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message.get("tool_calls") or [])]
+    return Piece(_Calls().events(message), choice.get("finish_reason") or "stop", usage or (0, 0))
+
+
+async def remote_pieces(
+    call: CallContext, remote: RemoteModel, payload: dict[str, Any], requested: str
+) -> AsyncIterator[Piece]:
+    """Opens the upstream's stream at once (a refusal is still a status code), then yields its pieces."""
+    payload = {**payload, "stream_options": {"include_usage": True}}  # so usage can be settled exactly
+    admission = await admit_remote(call, payload)
+    remote.in_flight += 1
+    try:
+        chunks = await remote.upstream().chat_stream(requested, payload)
+    except BaseException:
+        remote.in_flight -= 1
+        await admission.settle(0, 0)
+        raise
+
+    async def pieces() -> AsyncIterator[Piece]:
+        calls, usage, reason = _Calls(), None, None
+        try:
+            async for chunk in chunks:
+                usage = _usage(chunk) or usage
+                for choice in chunk.get("choices") or []:
+                    reason = choice.get("finish_reason") or reason
+                    events = calls.events(choice.get("delta") or {})
+                    if events:
+                        yield Piece(events)
+            yield Piece([], reason or "stop", usage or (0, 0))
+        finally:
+            await release_stream(remote, chunks, admission, *(usage or (0, 0)))
+
+    return pieces()
