@@ -129,18 +129,8 @@ class Proxy:
     describe: dict[str, Any]  # command, configuration and version, for the report
 
 
-def start_tandem(workdir: Path, upstream: str, log_level: str, cpus: set[int] | None) -> Proxy:
-    master = "sk-tandem-bench-" + secrets.token_hex(8)
-    config = {
-        "profile": "bench",
-        "profiles": {
-            "bench": {
-                "models": [
-                    {"name": MODEL, "backend": "remote", "remote": {"api_base": upstream, "model": MODEL}}
-                ]
-            }
-        },
-    }
+def tandem_serve_command(config: dict[str, Any], workdir: Path) -> tuple[list[str], int]:
+    """Writes config to workdir/tandem.yaml; returns the `tandem serve` command for it and its free port."""
     config_path = workdir / "tandem.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
@@ -154,6 +144,22 @@ def start_tandem(workdir: Path, upstream: str, log_level: str, cpus: set[int] | 
         "--port",
         str(port),
     ]
+    return command, port
+
+
+def start_tandem(workdir: Path, upstream: str, log_level: str, cpus: set[int] | None) -> Proxy:
+    master = "sk-tandem-bench-" + secrets.token_hex(8)
+    config = {
+        "profile": "bench",
+        "profiles": {
+            "bench": {
+                "models": [
+                    {"name": MODEL, "backend": "remote", "remote": {"api_base": upstream, "model": MODEL}}
+                ]
+            }
+        },
+    }
+    command, port = tandem_serve_command(config, workdir)
     env = base_env() | {
         "TANDEM_MASTER_KEY": master,
         "TANDEM_HOME": str(workdir / "tandem-home"),

@@ -19,9 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench.gateway_servers import Server, base_env, free_port, start_server, wait_ready
+from bench.gateway_servers import Server, base_env, free_port, start_server, tandem_serve_command, wait_ready
 from bench.serve_client import ChatLoad
 
 PEERS = ("tandem-dev", "llama-cpp-python-server", "llama-server")
@@ -78,19 +76,7 @@ def start_tandem(settings: ServeSettings, slots: int) -> RunningPeer:
     if setting == "entry":
         entry["parallel"] = slots
     config = {"profile": "bench", "profiles": {"bench": {"models": [entry]}}}
-    config_path = settings.workdir / "tandem.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config_path),
-        "--port",
-        str(port),
-    ]
+    command, port = tandem_serve_command(config, settings.workdir)
     env = base_env() | {
         "TANDEM_HOME": str(settings.workdir / "tandem-home"),
         "TANDEM_LOG_LEVEL": "warning",

@@ -33,7 +33,7 @@ from gateway.anthropic_protocol import (
 )
 from gateway.deps import CallContext
 from gateway.errors import as_api_error, bad_request, upstream_api_error
-from gateway.remote_serving import admit_remote, release_stream
+from gateway.remote_serving import admit_remote, open_stream, release_stream
 from gateway.routing import RemoteModel
 from gateway.streaming import SSE_HEADERS
 from gateway.tool_calls import OutputEvent, ReasoningText
@@ -135,15 +135,7 @@ async def remote_message(
 async def _streamed(
     call: CallContext, remote: RemoteModel, payload: dict[str, Any], requested: str
 ) -> StreamingResponse:
-    payload = {**payload, "stream_options": {"include_usage": True}}  # so usage can be settled exactly
-    admission = await admit_remote(call, payload)
-    remote.in_flight += 1
-    try:
-        chunks = await remote.upstream().chat_stream(requested, payload)
-    except BaseException:
-        remote.in_flight -= 1
-        await admission.settle(0, 0)
-        raise
+    admission, chunks = await open_stream(call, remote, payload, requested)
     name = call.request.state.tandem_model
 
     async def events() -> AsyncIterator[str]:

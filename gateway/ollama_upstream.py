@@ -34,7 +34,7 @@ from gateway.ollama_protocol import (
     ToolCallOut,
     timestamp,
 )
-from gateway.remote_serving import admit_remote, release_stream
+from gateway.remote_serving import admit_remote, open_stream, release_stream
 from gateway.routing import RemoteModel
 from gateway.upstream_messages import openai_message
 
@@ -191,15 +191,7 @@ async def _serve(
         calls = _calls(answer.get("tool_calls") or []) or None
         usage = data.get("usage") or {}
         return _final(shape, started, usage, choice.get("finish_reason"), answer.get("content") or "", calls)
-    payload = {**payload, "stream_options": {"include_usage": True}}
-    admission = await admit_remote(call, payload)
-    remote.in_flight += 1
-    try:
-        chunks = await remote.upstream().chat_stream(requested, payload)
-    except BaseException:
-        remote.in_flight -= 1
-        await admission.settle(0, 0)
-        raise
+    admission, chunks = await open_stream(call, remote, payload, requested)
     return StreamingResponse(_lines(shape, started, chunks, remote, admission), media_type=NDJSON)
 
 

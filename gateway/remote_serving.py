@@ -42,6 +42,28 @@ def _usage(data: dict[str, Any]) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
+async def open_stream(
+    call: CallContext,
+    remote: RemoteModel,
+    payload: dict[str, Any],
+    requested: str,
+    method: str = "chat_stream",
+) -> tuple[Admission, Any]:
+    """Admit a streamed remote request and open the upstream's stream at once (a refusal is still a status
+    code); the caller's stream ends with release_stream. The upstream is asked for usage whatever the
+    client asked, so what the request used can be settled exactly."""
+    payload = {**payload, "stream_options": {"include_usage": True}}
+    admission = await admit_remote(call, payload)
+    remote.in_flight += 1
+    try:
+        chunks = await getattr(remote.upstream(), method)(requested, payload)
+    except BaseException:
+        remote.in_flight -= 1
+        await admission.settle(0, 0)
+        raise
+    return admission, chunks
+
+
 async def release_stream(
     remote: RemoteModel, chunks: object, admission: Admission, prompt_tokens: int, completion_tokens: int
 ) -> None:
@@ -82,15 +104,7 @@ async def _streamed(
     call: CallContext, remote: RemoteModel, payload: dict[str, Any], method: str, requested: str
 ) -> StreamingResponse:
     client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-    payload = {**payload, "stream_options": {"include_usage": True}}  # so usage can be settled exactly
-    admission = await admit_remote(call, payload)
-    remote.in_flight += 1
-    try:
-        chunks = await getattr(remote.upstream(), method)(requested, payload)
-    except BaseException:
-        remote.in_flight -= 1
-        await admission.settle(0, 0)
-        raise
+    admission, chunks = await open_stream(call, remote, payload, requested, method)
 
     async def events() -> AsyncIterator[str]:
         prompt = completion = 0

@@ -14,7 +14,7 @@ from backends.conversation import Conversation, ToolChoiceKind
 from backends.template_inputs import template_tools
 from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
 from gateway.deps import CallContext
-from gateway.remote_serving import admit_remote, release_stream
+from gateway.remote_serving import admit_remote, open_stream, release_stream
 from gateway.responses_output import Piece
 from gateway.responses_protocol import ResponseRequest, TextFormatJSONObject, TextFormatJSONSchema
 from gateway.routing import RemoteModel
@@ -100,15 +100,7 @@ async def remote_pieces(
     call: CallContext, remote: RemoteModel, payload: dict[str, Any], requested: str
 ) -> AsyncIterator[Piece]:
     """Opens the upstream's stream at once (a refusal is still a status code), then yields its pieces."""
-    payload = {**payload, "stream_options": {"include_usage": True}}  # so usage can be settled exactly
-    admission = await admit_remote(call, payload)
-    remote.in_flight += 1
-    try:
-        chunks = await remote.upstream().chat_stream(requested, payload)
-    except BaseException:
-        remote.in_flight -= 1
-        await admission.settle(0, 0)
-        raise
+    admission, chunks = await open_stream(call, remote, payload, requested)
 
     async def pieces() -> AsyncIterator[Piece]:
         calls, usage, reason = _Calls(), None, None

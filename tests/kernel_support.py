@@ -1,12 +1,16 @@
 """Shared helpers of the paged-KV kernel tests (tests/test_kernel_*.py, tests/test_kernels_triton.py): random
-paged caches, naive dense attention, tolerances, and where the Triton tests may run (TRITON_DEVICES: see
-tests/test_kernels_triton.py for the CPU interpreter child run that TANDEM_KERNELS_TEST_CHILD=1 marks).
+paged caches, naive dense attention, tolerances, and where the Triton tests may run (TRITON_DEVICES; the CPU
+interpreter child run that TANDEM_KERNELS_TEST_CHILD=1 marks is run_triton_cases_interpreted, also used by
+tests/test_kernels_lora.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -85,3 +89,28 @@ def prefill_inputs(ctx, q_lens, num_kv_heads, group, head_dim, dtype, seed=0):
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
     torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def run_triton_cases_interpreted(test_file: str, what: str) -> None:
+    """Run test_file's test_triton_vs_ref_* cases on CPU under TRITON_INTERPRET=1 in a fresh process (the
+    interpreter must be chosen before triton is imported); fail unless they all ran and passed."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", TANDEM_KERNELS_TEST_CHILD="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    env.pop("TANDEM_FORCE_TRITON", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        test_file,
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "triton_vs_ref",
+    ]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    report = proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, f"interpreted Triton {what} failed:\n{report}"
+    assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], report

@@ -5,16 +5,20 @@ tests/test_kernels_triton.py), and the launchers' shape checks."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from kernels.lora_reference import add_lora_ref, slot_groups  # noqa: E402
-from tests.kernel_support import CHILD, HAS_TRITON, TOL, TRITON_DEVICES, assert_close  # noqa: E402
+from tests.kernel_support import (  # noqa: E402
+    CHILD,
+    HAS_TRITON,
+    TOL,
+    TRITON_DEVICES,
+    assert_close,
+    run_triton_cases_interpreted,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (in, shard sizes, rank, number of slots, token slots): fused q/k/v, gate/up, a plain linear; base rows -1.
@@ -130,26 +134,7 @@ def test_triton_vs_ref_lora_strided_rows(device):
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: only the torch reference is available")
 def test_lora_kernel_in_cpu_interpreter():
     """Run every test_triton_vs_ref_* case here on CPU under TRITON_INTERPRET=1 in a fresh process."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1", TANDEM_KERNELS_TEST_CHILD="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    env.pop("TANDEM_FORCE_TRITON", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-q",
-        "-x",
-        "-p",
-        "no:cacheprovider",
-        "-k",
-        "triton_vs_ref",
-    ]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
-    report = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, f"interpreted Triton LoRA tests failed:\n{report}"
-    assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], report
+    run_triton_cases_interpreted(__file__, "LoRA tests")
 
 
 @pytest.mark.skipif(CHILD or not HAS_TRITON, reason="needs triton's JIT (not the interpreter)")

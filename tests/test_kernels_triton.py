@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from tests.kernel_support import (
     assert_close,
     decode_inputs,
     prefill_inputs,
+    run_triton_cases_interpreted,
 )
 
 needs_triton_device = pytest.mark.skipif(
@@ -147,26 +147,7 @@ def test_triton_vs_ref_public_api_end_to_end(device, monkeypatch):
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: only the torch references are available")
 def test_triton_kernels_in_cpu_interpreter():
     """Run every test_triton_vs_ref_* case on CPU under TRITON_INTERPRET=1 in a fresh process."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="1", TANDEM_KERNELS_TEST_CHILD="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    env.pop("TANDEM_FORCE_TRITON", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-q",
-        "-x",
-        "-p",
-        "no:cacheprovider",
-        "-k",
-        "triton_vs_ref",
-    ]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
-    report = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, f"interpreted Triton tests failed:\n{report}"
-    assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], report
+    run_triton_cases_interpreted(__file__, "tests")
 
 
 # ---------------------------------------------------------------- GPU compile check without a GPU

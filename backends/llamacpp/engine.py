@@ -118,8 +118,7 @@ class BatchEngine:
         self.context_length = min(context_length, self._context.cells)  # no sequence outgrows the pool
         self.pool = SlotPool(self._context, parallel, self._context.cells)
         self._waiting: collections.deque[_Sequence] = collections.deque()
-        self._running: list[_Sequence] = []
-        self._num_running = 0  # for stats() from other threads
+        self._running: list[_Sequence] = []  # metrics() reads its len() from other threads, as _waiting's
         self.counters = _Counters()
         self.spans: collections.deque[SequenceSpan] = collections.deque(maxlen=_SPANS_KEPT)
         self.adapters = LlamaAdapters(session.model, session.path)
@@ -141,11 +140,9 @@ class BatchEngine:
         error = BackendError(f"model {self.model_name!r}: LoRA adapter {name!r} was removed")
         for seq in [seq for seq in self._running if name in seq.adapters]:
             self._end(seq, error)
-        if any(name in seq.adapters for seq in self._waiting):
-            for seq in [seq for seq in self._waiting if name in seq.adapters]:
-                self._on_end()
-                seq.sink.put(error)
-            self._waiting = collections.deque(seq for seq in self._waiting if name not in seq.adapters)
+        for seq in self._take_waiting(lambda seq: name in seq.adapters):
+            self._on_end()
+            seq.sink.put(error)
         # KV computed with it is wrong for anything else (an adapter of the same name added later too)
         self.pool.forget(lambda adapters: name in adapters)
         self.adapters.remove(name)
@@ -243,12 +240,18 @@ class BatchEngine:
         for seq in [seq for seq in self._running if seq.sink.cancelled]:
             logger.info("request %s aborted after %d tokens", seq.request.request_id, seq.generated)
             self._end(seq, None, keep=False)  # frees its cells now
-        if any(seq.sink.cancelled for seq in self._waiting):
-            for seq in self._waiting:
-                if seq.sink.cancelled:
-                    logger.info("request %s aborted after 0 tokens (waiting)", seq.request.request_id)
-                    self._on_end()
-            self._waiting = collections.deque(seq for seq in self._waiting if not seq.sink.cancelled)
+        for seq in self._take_waiting(lambda seq: seq.sink.cancelled):
+            logger.info("request %s aborted after 0 tokens (waiting)", seq.request.request_id)
+            self._on_end()
+
+    def _take_waiting(self, picked: Callable[[_Sequence], bool]) -> list[_Sequence]:
+        """Take the waiting sequences `picked` selects out of the queue (the caller ends each). `picked` is
+        asked once per sequence: a cancel from another thread between two asks would drop one unended."""
+        taken = [seq for seq in self._waiting if picked(seq)]
+        if taken:  # most steps take none: keep the deque
+            gone = set(taken)  # by identity (eq=False)
+            self._waiting = collections.deque(seq for seq in self._waiting if seq not in gone)
+        return taken
 
     def _place_waiting(self) -> None:
         """First come, first placed: a request that does not fit yet holds back those behind it."""
@@ -266,7 +269,6 @@ class BatchEngine:
             c.prefix_hits += placement.reused
             c.queue_time.observe(seq.placed - seq.arrival)
             self._running.append(seq)
-            self._num_running = len(self._running)
 
     def _choose_adapters(self) -> AdapterSet | None:
         """The adapter set this step runs (one per decode): AdapterTurns' pick, each set ranked by how long
@@ -305,10 +307,9 @@ class BatchEngine:
             start = len(seq.tokens) - seq.pending
             count = min(seq.pending, budget)
             budget -= count
-            index = None
+            index, seq_id, last = None, self._seq_id(seq), len(seq.tokens) - 1
             for pos in range(start, start + count):
-                last = pos == len(seq.tokens) - 1
-                index = ctx.add(seq.tokens[pos], pos, self._seq_id(seq), logits=last)
+                index = ctx.add(seq.tokens[pos], pos, seq_id, logits=pos == last)
             self.counters.prompt_computed += count
             scheduled.append((seq, count, index if start + count == len(seq.tokens) else None))
         return chosen, scheduled
@@ -359,7 +360,6 @@ class BatchEngine:
         if isinstance(last, BaseException):
             keep = False  # its KV may be half-written
         self._running.remove(seq)
-        self._num_running = len(self._running)
         assert seq.slot is not None
         self.pool.release(seq.slot, keep=keep)
         if seq.span is not None:
@@ -374,7 +374,7 @@ class BatchEngine:
     def metrics(self) -> EngineStats:
         c = self.counters
         return EngineStats(
-            requests_running=self._num_running,
+            requests_running=len(self._running),
             requests_waiting=len(self._waiting),
             kv_cache_usage=self.pool.live_cells / self.pool.cells,
             prefix_cache_queries=c.prefix_queries,

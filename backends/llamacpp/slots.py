@@ -78,8 +78,9 @@ class SlotPool:
         made ready up to the reused prefix; None when no slot is free or the pool has no room yet (the
         request waits). Only slots of the same adapter set offer a prefix."""
         idle = [s for s in self.slots if not s.busy]
-        if not idle:
-            return None
+        reserved = sum(s.reserved for s in self.slots if s.busy)
+        if not idle or reserved + need > self.cells:
+            return None  # checked before matching prefixes: a waiting request retries this every step
         limit = len(prompt) - 1  # at least one prompt token is computed: its logits start the output
         best_idle, idle_match = self._best(idle, prompt, limit, adapters)
         busy = [s for s in self.slots if s.busy]
@@ -93,8 +94,7 @@ class SlotPool:
         else:
             target = min(idle, key=lambda s: (len(s.tokens) > 0, s.last_used))
             source, reused = None, 0
-        if not self._make_room(need, target):
-            return None
+        self._evict_for(reserved + need, target)
         if source is not None:
             self._memory.remove(target.seq_id)
             self._memory.copy(source.seq_id, target.seq_id, reused)
@@ -115,18 +115,16 @@ class SlotPool:
         match, _, seq_id = max(matches)
         return next(s for s in slots if s.seq_id == seq_id), max(match, 0)
 
-    def _make_room(self, need: int, target: Slot) -> bool:
-        reserved = sum(s.reserved for s in self.slots if s.busy)
-        if reserved + need > self.cells:
-            return False
+    def _evict_for(self, reserved: int, target: Slot) -> None:
+        """Empty idle slots other than `target` (least recently used first) until the cells they cache fit
+        beside the `reserved` ones (the placed request's included)."""
         others = sorted((s for s in self.slots if not s.busy and s is not target), key=lambda s: s.last_used)
         cached = sum(len(s.tokens) for s in others)
-        for slot in others:  # least recently used first
-            if reserved + need + cached <= self.cells:
+        for slot in others:
+            if reserved + cached <= self.cells:
                 break
             cached -= len(slot.tokens)
             self.truncate(slot, 0)
-        return True
 
     def truncate(self, slot: Slot, length: int) -> None:
         if length < len(slot.tokens):
