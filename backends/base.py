@@ -41,6 +41,9 @@ class StructuredOutput:
     # tool_choice auto); `schema` is then xgrammar's structural-tag JSON (backends.tools.strict), not a schema
     kind: Literal["json_object", "json_schema", "tool_calls", "structural_tag"]
     schema: str | None = None  # JSON text; required for every kind but json_object
+    # special tokens the grammar sees as their text (SamplingParams.preserved_token_ids, whose text the
+    # backend writes): a structural tag's markers, e.g. Mistral's [TOOL_CALLS], are matched as text
+    preserved_token_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if (self.kind != "json_object") != (self.schema is not None):
@@ -67,6 +70,10 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     structured: StructuredOutput | None = None  # the grammar ends the output: min_tokens and ignore_eos yield
+    # special tokens whose text the output is written with (llama-server's "preserved tokens"): the
+    # markers of the tool-call or reasoning format the gateway reads this output in; any other special
+    # token still adds nothing to the text
+    preserved_token_ids: frozenset[int] = frozenset()
 
     @property
     def greedy(self) -> bool:
@@ -81,6 +88,7 @@ class RenderOptions:
     max_chars: int | None = None  # bound on the replacing template's render
     max_bytes: int | None = None  # a longer rendered prompt is refused (PromptTooLongError) untokenized
     add_generation_prompt: bool = True  # False: the conversation as it stands (/tokenize asks for it)
+    tool_parser: str | None = None  # the model's `tool_parser:` setting: the format its output is read in
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +102,9 @@ class Prompt:
     tools_described: bool = False  # the template has no tool section: the tools went into a system message
     reasoning: bool = False  # the output may open with <think>…</think> (a thinking template, thinking on)
     reasoning_open: bool = False  # the generation prompt already opened it: the output starts inside
+    # the markers the output's readers parse (tool calls, reasoning) that are single tokens of this
+    # vocabulary, by text: their ids go into SamplingParams.preserved_token_ids (backends.tools.markers)
+    marker_token_ids: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
     stop_sequence: str | None = None  # the stop string that ended the generation, when one did
+    # on a request's first chunk: prompt tokens whose KV a cache held, so they were not computed
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -109,6 +109,24 @@ class Vocabulary:
     token_bytes: Sequence[bytes]  # per id, the bytes it adds to the text (b"" for special tokens);
     #                               one entry per logit, so masks line up with the model's logits
     stop_ids: tuple[int, ...]  # end-of-sequence ids: allowed once the document is complete
+    # a special token's text, for the tokens a request preserves (StructuredOutput.preserved_token_ids)
+    special_bytes: Callable[[int], bytes] | None = None
+
+    def unwritten(self, token_ids: frozenset[int]) -> frozenset[int]:
+        """Those of `token_ids` that add no bytes (special tokens), stop tokens aside: those end the output,
+        unwritten, preserved or not."""
+        table, stops = self.token_bytes, self.stop_ids
+        return frozenset(t for t in token_ids if 0 <= t < len(table) and not table[t] and t not in stops)
+
+    def preserving(self, token_ids: frozenset[int]) -> Vocabulary:
+        """This vocabulary with the special tokens `token_ids` as their text: xgrammar never allows a token
+        of no bytes but a stop token, and the output has their text, so the grammar matches them as text (a
+        trigger such as [TOOL_CALLS] as the token and as the same text spelled out alike)."""
+        table = list(self.token_bytes)
+        for token in sorted(self.unwritten(token_ids)):
+            assert self.special_bytes is not None, "preserved tokens need the special tokens' text"
+            table[token] = self.special_bytes(token)
+        return Vocabulary(table, self.stop_ids, self.special_bytes)
 
     @property
     def size(self) -> int:
@@ -158,6 +176,13 @@ class StructuredCompiler:
     """
 
     def __init__(self, vocab: Vocabulary, max_threads: int = 4) -> None:
+        self.vocab_size = vocab.size
+        self._vocab, self._max_threads = vocab, max_threads
+        self._compiler = self._new_compiler(vocab)
+        # one compiler per set of preserved tokens (a format's markers: a few per model), built on first use
+        self._preserving: dict[frozenset[int], Any] = {}
+
+    def _new_compiler(self, vocab: Vocabulary) -> Any:
         xgr = _xgrammar()
         info = xgr.TokenizerInfo(
             list(vocab.token_bytes),
@@ -165,20 +190,29 @@ class StructuredCompiler:
             vocab_size=vocab.size,
             stop_token_ids=list(vocab.stop_ids),
         )
-        self.vocab_size = vocab.size
-        self._compiler = xgr.GrammarCompiler(
-            info, max_threads=max_threads, cache_enabled=True, cache_limit_bytes=_CACHE_BYTES
+        return xgr.GrammarCompiler(
+            info, max_threads=self._max_threads, cache_enabled=True, cache_limit_bytes=_CACHE_BYTES
         )
+
+    def _compiler_for(self, preserved: frozenset[int]) -> Any:
+        preserved = self._vocab.unwritten(preserved)  # an ordinary token's text is in the vocabulary already
+        if not preserved:
+            return self._compiler
+        compiler = self._preserving.get(preserved)
+        if compiler is None:
+            compiler = self._preserving[preserved] = self._new_compiler(self._vocab.preserving(preserved))
+        return compiler
 
     def matcher(self, spec: StructuredOutput) -> GrammarMatcher:
         """A fresh matcher at the start of the document; raises InvalidStructuredOutputError."""
+        compiler = self._compiler_for(spec.preserved_token_ids)
         try:
             if spec.kind == "structural_tag":
                 assert spec.schema is not None
-                compiled = self._compiler.compile_structural_tag(spec.schema)
+                compiled = compiler.compile_structural_tag(spec.schema)
             else:
                 schema, options = _options(spec)
-                compiled = self._compiler.compile_json_schema(schema, **options)
+                compiled = compiler.compile_json_schema(schema, **options)
         except RuntimeError as exc:
             raise _unsupported(exc) from None
         return GrammarMatcher(_xgrammar().GrammarMatcher(compiled), self.vocab_size)

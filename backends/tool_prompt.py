@@ -4,6 +4,9 @@ A template with no tool section (ChatML ones such as SmolLM2's, tandem's tiny mo
 tools silently; they are described to the model in the system message instead, in Hermes' words and
 format (`<tool_call>{"name": ..., "arguments": ...}</tool_call>`), the format the gateway then parses
 under tool_choice auto. A forced call does not depend on the model following it: the grammar makes it.
+
+The Prompt also names the markers the output's readers parse that are single tokens of the vocabulary
+(backends.tools.markers): the backends write those special tokens' text into the output.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from backends.chat_template import MAX_RENDERED_CHARS, ChatTemplate, ChatTemplat
 from backends.conversation import Conversation, Message, Role, TextPart, ToolChoiceKind
 from backends.template_inputs import takes_tools, template_tools
 from backends.tools.detect import format_of_template
+from backends.tools.markers import markers_read, single_tokens
 
 _DESCRIPTION = """# Tools
 
@@ -93,6 +97,7 @@ def render_prompt(
     if conversation.tool_choice.kind is ToolChoiceKind.NONE:
         # 'none': the model is not to call any; not showing it the tools is what makes that likely
         conversation = dataclasses.replace(conversation, tools=())
+    shown = conversation  # the tools the output may call, before a description takes their place
     own_section = takes_tools(template.source)
     described = bool(conversation.tools) and not own_section
     if not own_section:
@@ -104,4 +109,5 @@ def render_prompt(
     tool_format = None if described else format_of_template(template.source)
     reasoning = THINK_START in template.source and conversation.thinking is not False
     opened = reasoning and text.rstrip().endswith(THINK_START)  # DeepSeek-R1's, Qwen3's with thinking forced
-    return Prompt(tokenize(text), text, tool_format, described, reasoning, opened)
+    markers = single_tokens(markers_read(shown, tool_format, options.tool_parser, reasoning), tokenize)
+    return Prompt(tokenize(text), text, tool_format, described, reasoning, opened, markers)

@@ -16,8 +16,8 @@ import logging
 from backends.base import Backend, BackendError, ModelInfo
 from backends.lora_host import AdapterHost
 from gateway.adapter_store import AdapterStore
+from gateway.api_error import APIError
 from gateway.config import AdapterSpec, ConfigError, ModelSpec
-from gateway.errors import APIError
 from gateway.registry import ManagedModel, ModelFailure, ModelState, ServedModel
 
 logger = logging.getLogger("tandem.gateway")

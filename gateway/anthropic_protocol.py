@@ -234,8 +234,17 @@ StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "mod
 
 
 class MessageUsage(BaseModel):
-    input_tokens: int
+    input_tokens: int  # not counting cache reads, as Anthropic counts
     output_tokens: int
+    cache_read_input_tokens: int | None = None  # prompt tokens a prefix cache held (automatic here)
+    cache_creation_input_tokens: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The whole prompt (what tandem's usage records count)."""
+        return (
+            self.input_tokens + (self.cache_read_input_tokens or 0) + (self.cache_creation_input_tokens or 0)
+        )
 
 
 class Message(BaseModel):

@@ -55,6 +55,8 @@ def chat_payload(body: MessagesRequest, mapped: MappedRequest) -> dict[str, Any]
     optional = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
                 "stop": body.stop_sequences}  # fmt: skip
     payload.update({name: value for name, value in optional.items() if value is not None})
+    if body.metadata is not None and body.metadata.user_id is not None:
+        payload["user"] = body.metadata.user_id  # OpenAI's end-user id
     if conversation.thinking:
         payload["reasoning_effort"] = "medium"
     if conversation.tools:
@@ -94,9 +96,12 @@ def _events(delta: dict[str, Any], seen: set[int]) -> list[OutputEvent]:
 
 
 def _usage(data: dict[str, Any]) -> MessageUsage:
+    """The upstream's cached prompt tokens are cache reads, apart from input_tokens (as the local path)."""
     usage = data.get("usage") or {}
-    return MessageUsage(input_tokens=int(usage.get("prompt_tokens") or 0),
-                        output_tokens=int(usage.get("completion_tokens") or 0))  # fmt: skip
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    return MessageUsage(input_tokens=int(usage.get("prompt_tokens") or 0) - cached,
+                        output_tokens=int(usage.get("completion_tokens") or 0),
+                        cache_read_input_tokens=cached, cache_creation_input_tokens=0)  # fmt: skip
 
 
 def _stop(finish: str | None) -> StopDelta:
@@ -117,7 +122,7 @@ async def remote_message(
         usage = _usage(data)
     finally:
         remote.in_flight -= 1
-        await admission.settle(usage.input_tokens, usage.output_tokens)
+        await admission.settle(usage.prompt_tokens, usage.output_tokens)
     choice = (data.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     calls = [
@@ -160,6 +165,6 @@ async def _streamed(
             error = upstream_api_error(exc) if isinstance(exc, UpstreamError) else as_api_error(exc)
             yield anthropic_error_event(error.status, error.body.message)
         finally:
-            await release_stream(remote, chunks, admission, usage.input_tokens, usage.output_tokens)
+            await release_stream(remote, chunks, admission, usage.prompt_tokens, usage.output_tokens)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -24,6 +24,7 @@ from gateway.routing import Router
 from gateway.settings import Settings
 
 logger = logging.getLogger("tandem")
+PRELOAD_SWITCH_INTERVAL_S = 0.0001
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -50,21 +51,24 @@ def _active(settings: Settings) -> ActiveConfig:
 
 
 async def _serve(settings: Settings, active: ActiveConfig) -> None:
-    from gateway.app import create_app
-    from gateway.auth import open_access
-    from gateway.drain import Drain, DrainingServer, serve_config
-    from gateway.http_protocol import with_header_timeout
-    from gateway.startup import build_manager
+    from gateway.startup import begin_preloads, build_manager
 
     profile_name, source = active.profile_name, active.source
     require_models(active.profile, profile_name, source)
     store = ModelStore(created_models_dir(settings, profile_name))
     models = build_manager(active.profile, profile_name, settings, source, store)
-    try:
-        await models.start()  # preloads: a model that cannot load fails here, before the server listens
-    except BackendUnavailableError as exc:
-        await models.aclose()
-        raise ConfigError(source, [("", str(exc))]) from None
+    # The preloads run on other threads while the app is imported here (cold start). llama.cpp's load
+    # logs ~3,300 lines through a Python callback, each needing the GIL, which this thread's imports keep
+    # for a whole switch interval (5 ms) before handing it over: a short interval while both run lets the
+    # load go on at its own speed (beside a busy thread: 17 s at 5 ms, 1.0 s at 0.1 ms, 0.5 s alone).
+    switch_interval = sys.getswitchinterval()
+    if begin_preloads(models):
+        sys.setswitchinterval(PRELOAD_SWITCH_INTERVAL_S)
+    from gateway.app import create_app
+    from gateway.auth import open_access
+    from gateway.drain import Drain, DrainingServer, serve_config
+    from gateway.http_protocol import with_header_timeout
+
     access = await open_access(settings.auth_settings(active.config.auth))
     app = create_app(settings, models, Router(active.profile, models), store, access)
     # SIGTERM: stop accepting at once, let what runs finish within TANDEM_DRAIN_S, then end it properly
@@ -75,8 +79,17 @@ async def _serve(settings: Settings, active: ActiveConfig) -> None:
     )  # fmt: skip
     server = DrainingServer(config, drain)
     # everything made so far lives as long as the process: keep it out of the collector's full passes,
-    # which otherwise pause the event loop for milliseconds (tail latency)
+    # which otherwise pause the event loop for milliseconds (tail latency). Collected while the preloads
+    # begun above run; frozen once they are done, so that what they made is frozen too.
     gc.collect()
+    try:
+        await models.start()  # preloads: a model that cannot load fails here, before the server listens
+    except BackendUnavailableError as exc:
+        await models.aclose()
+        await access.aclose()
+        raise ConfigError(source, [("", str(exc))]) from None
+    finally:
+        sys.setswitchinterval(switch_interval)
     gc.freeze()
     names = ", ".join(f"{m.spec.name} ({m.spec.backend})" for m in models) or "none"
     logger.info("profile %r from %s: serving %s", profile_name, source, names)

@@ -142,7 +142,10 @@ class ModelSpec(_Strict):
         None, ge=1, le=256, description="llamacpp: requests decoded at once; default TANDEM_LLAMACPP_PARALLEL"
     )
     kv_cells: int | None = Field(
-        None, gt=0, description="llamacpp: KV cells all its requests share; default context_length x parallel"
+        None, gt=0, description="llamacpp: KV cells of all its requests; default context_length x parallel"
+    )
+    kv_unified: bool | None = Field(
+        None, description="llamacpp: one KV pool all requests share (default: kv_cells/parallel each)"
     )
     system: str | None = Field(None, description="default system prompt (Modelfile SYSTEM)")
     parameters: ModelParameters = Field(default_factory=ModelParameters)
@@ -221,8 +224,11 @@ class ModelSpec(_Strict):
             raise ValueError(f"`adapters` (LoRA) need backend 'paged' or 'llamacpp', not {what}")
         if self.engine is not None and self.backend != "paged":
             raise ValueError("`engine` settings apply to backend 'paged' only")
-        if (self.parallel is not None or self.kv_cells is not None) and self.backend != "llamacpp":
-            raise ValueError("`parallel` and `kv_cells` apply to backend 'llamacpp' only (paged: `engine`)")
+        llamacpp_only = (self.parallel, self.kv_cells, self.kv_unified)
+        if any(v is not None for v in llamacpp_only) and self.backend != "llamacpp":
+            raise ValueError(
+                "`parallel`, `kv_cells` and `kv_unified` apply to backend 'llamacpp' only (paged: `engine`)"
+            )
         return self
 
     def resolved_path(self) -> Path:
@@ -304,7 +310,7 @@ def builtin_config() -> TandemConfig:
     """What tandem serves with no config file at all: the demo model SmolLM2-135M-Instruct, one GGUF file
     served by llama.cpp under dev and by the paged engine (dequantized at load) under prod."""
 
-    def demo(backend: Literal["llamacpp", "paged"], preload: bool) -> Profile:
+    def demo(backend: Literal["llamacpp", "paged"], keep_alive: int | None) -> Profile:
         spec = ModelSpec(
             name="smollm2",
             backend=backend,
@@ -321,14 +327,16 @@ def builtin_config() -> TandemConfig:
             # model card's 0.2 it flips between answers a near-tie apart. A demo that answers the same
             # question the same way is easier to trust.
             parameters=ModelParameters(temperature=0.0),
-            preload=preload,  # prod behaves like vLLM: loaded at start, never unloaded
-            keep_alive=-1 if preload else None,
+            # loaded at start, the load overlapping the server's own start-up (first token ~2 s after
+            # `tandem serve`); dev unloads after keep_alive idle as Ollama does, prod never, as vLLM
+            preload=True,
+            keep_alive=keep_alive,
         )
         return Profile(models=[spec])
 
     return TandemConfig(
         profile="dev",
-        profiles={"dev": demo("llamacpp", preload=False), "prod": demo("paged", preload=True)},
+        profiles={"dev": demo("llamacpp", keep_alive=None), "prod": demo("paged", keep_alive=-1)},
     )
 
 

@@ -5,9 +5,10 @@ uvicorn does the first part (it closes the listening sockets, and idle keep-aliv
 it starts shutting down) and, past its graceful timeout, cancels the requests' tasks, which truncates a
 stream mid-body. So the drain window is ours: DrainingServer starts it when uvicorn starts shutting down,
 and when it expires DrainMiddleware cancels each request still running and finishes its response itself:
-an OpenAI SSE error event or an Ollama NDJSON error line for a stream that has started (then the end of the
-body), a 503 in the protocol's envelope for a response that has not. uvicorn's own timeout is set a little
-later, as the backstop it always was.
+the protocol's error event for a stream that has started (OpenAI chat SSE, the Responses API's `error`
+event, Anthropic's `error` event, an Ollama NDJSON error line; then the end of the body), a 503 in the
+protocol's envelope for a response that has not (Anthropic's overloaded_error, 529, as its API sheds
+load). uvicorn's own timeout is set a little later, as the backstop it always was.
 """
 
 from __future__ import annotations
@@ -21,14 +22,22 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.anthropic_errors import (
+    anthropic_error,
+    anthropic_error_event,
+    anthropic_status,
+    is_anthropic_path,
+)
 from gateway.errors import OLLAMA_PREFIX
 from gateway.openai_protocol import ErrorBody
+from gateway.responses_events import ErrorEvent, EventSequence
 
 logger = logging.getLogger("tandem")
 FINISH_S = 3.0  # after the window: time to write the error events before uvicorn cancels what is left
 SHUTTING_DOWN = "server_shutting_down"
 _SSE = b"text/event-stream"
 _NDJSON = b"application/x-ndjson"
+_RESPONSES_PATH = "/v1/responses"
 
 
 @dataclass(slots=True)
@@ -66,6 +75,7 @@ class _Response:
     started: bool = False
     ended: bool = False
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    frames: int = 0  # SSE frames sent: a Responses stream numbers its events, the drain's error is next
 
     def content_type(self) -> bytes:
         value = next((v for k, v in self.headers if k.lower() == b"content-type"), b"")
@@ -91,8 +101,9 @@ class DrainMiddleware:
             if message["type"] == "http.response.start":
                 response.started = True
                 response.headers = message.get("headers", [])  # read only if the drain ends this response
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                response.ended = True
+            elif message["type"] == "http.response.body":
+                response.frames += message.get("body", b"").count(b"\n\n")
+                response.ended = not message.get("more_body", False)
             await send(message)
 
         self.drain.running.add(task)
@@ -107,22 +118,31 @@ class DrainMiddleware:
             self.drain.running.discard(task)
 
     async def _finish(self, scope: Scope, response: _Response, send: Send) -> None:
-        message = self.drain.message()
-        ollama = scope["path"].startswith(OLLAMA_PREFIX)
+        message, path = self.drain.message(), scope["path"]
         if not response.started:
-            body = {"error": message} if ollama else {"error": _error(message).model_dump()}
+            status = 503
+            body: dict[str, Any] = {"error": _error(message).model_dump()}  # OpenAI's, the Responses API's
+            if path.startswith(OLLAMA_PREFIX):
+                body = {"error": message}
+            elif is_anthropic_path(path):
+                status, body = anthropic_status(503)[0], anthropic_error(503, message).model_dump()
             headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": json.dumps(body).encode()})
             return
-        content_type = response.content_type()
-        if content_type == _SSE:
-            event = {"error": _error(message).model_dump()}
-            await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(),
-                        "more_body": True})  # fmt: skip
+        content_type, tail = response.content_type(), ""
+        if content_type == _SSE and is_anthropic_path(path):
+            tail = anthropic_error_event(503, message)
+        elif content_type == _SSE and path.startswith(_RESPONSES_PATH):
+            events = EventSequence()
+            events.skip(response.frames)
+            tail = events.frame(ErrorEvent(code=SHUTTING_DOWN, message=message))
+        elif content_type == _SSE:
+            tail = f"data: {json.dumps({'error': _error(message).model_dump()})}\n\n"
         elif content_type == _NDJSON:
-            line = json.dumps({"error": message}) + "\n"
-            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+            tail = json.dumps({"error": message}) + "\n"
+        if tail:
+            await send({"type": "http.response.body", "body": tail.encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
 

@@ -17,37 +17,11 @@ from backends.base import BackendError, BackendUnavailableError, GenerationFaile
 from backends.remote.upstream import UpstreamError
 from backends.structured import InvalidStructuredOutputError
 from gateway.anthropic_errors import anthropic_error_response, is_anthropic_path
-from gateway.openai_protocol import ErrorBody, ErrorResponse
+from gateway.api_error import APIError
 
 logger = logging.getLogger("tandem.gateway")
 
 OLLAMA_PREFIX = "/api/"
-
-
-class APIError(Exception):
-    """An error with its HTTP status and OpenAI envelope fields."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-        ollama_message: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.ollama_message = ollama_message or message  # Ollama's wording, where it has its own
-        self.status = status
-        self.body = ErrorBody(message=message, type=type, param=param, code=code)
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            ErrorResponse(error=self.body).model_dump(), status_code=self.status, headers=self.headers
-        )
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

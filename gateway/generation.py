@@ -154,6 +154,7 @@ def _sampling(
     fallbacks: SamplingDefaults,
     structured: StructuredOutput | None,
     logit_bias: dict[int, float],
+    preserved: frozenset[int],
 ) -> SamplingParams:
     context = model.backend.context_length
     if prompt_tokens >= context or (max_tokens is not None and prompt_tokens + max_tokens > context):
@@ -185,6 +186,7 @@ def _sampling(
         ignore_eos=request.ignore_eos,
         min_tokens=min(request.min_tokens, max_tokens),
         structured=structured,
+        preserved_token_ids=preserved,
     )
 
 
@@ -204,6 +206,8 @@ def prepare_tokens(
     _check_n(request, model)
     logit_bias = _logit_bias(request, model.backend.vocab_size)  # parsed once for all n choices
     seed = request.seed if request.seed is not None else model.spec.parameters.seed
+    # the special tokens the output's readers parse are written as text (backends.tools.markers)
+    preserved = frozenset(prompt.marker_token_ids.values()) if prompt is not None else frozenset()
     requests = [
         GenerationRequest(
             request_id=f"{request_id}-{i}",
@@ -220,6 +224,7 @@ def prepare_tokens(
                 fallbacks,
                 structured,
                 logit_bias,
+                preserved,
             ),
         )
         for i in range(request.n)
@@ -248,6 +253,7 @@ def chat_prompt(model: ServedModel, conversation: Conversation, add_generation_p
         max_chars=limit,
         max_bytes=limit,
         add_generation_prompt=add_generation_prompt,
+        tool_parser=spec.tool_parser,  # the format the output is read in: its markers are written
     )
     try:
         return model.backend.render_prompt(conversation, options)

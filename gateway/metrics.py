@@ -116,6 +116,7 @@ class GenerationTracker:
         self._last_token = [0.0] * choices
         self._tokens = 0
         self._finished = False
+        self._inter_token = metrics.inter_token_latency.labels(model, backend)  # once, not per token
         metrics.in_flight.labels(*self._labels).inc()
 
     def on_chunk(self, index: int, chunk: GenerationChunk) -> None:
@@ -126,7 +127,7 @@ class GenerationTracker:
             self._first_token = now
             self._metrics.time_to_first_token.labels(*self._labels).observe(now - self._start)
         elif self._last_token[index]:
-            self._metrics.inter_token_latency.labels(*self._labels).observe(now - self._last_token[index])
+            self._inter_token.observe(now - self._last_token[index])
         self._last_token[index] = now
         self._tokens += len(chunk.token_ids)
 

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from backends.sampling_options import SamplingOptions
+from gateway.api_error import ErrorBody, ErrorResponse  # noqa: F401 (the envelope, defined apart)
 
 # Fields tandem does not implement: accepted only when null, else 400 naming them.
 UNSUPPORTED_CHAT_FIELDS = (
@@ -202,10 +203,19 @@ class CompletionRequest(_SamplingFields):
 # ---- responses -------------------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens a prefix cache held: not computed again
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.prompt_tokens_details.cached_tokens if self.prompt_tokens_details else 0
 
 
 class TopLogprob(BaseModel):
@@ -347,17 +357,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
 
 
 class EmbeddingRequest(_Request):

@@ -1,6 +1,7 @@
 """The active profile's models and their lifecycle.
 
-Models load on first use (concurrent requests wait for the one load), stay loaded for keep_alive after
+Models load on first use (concurrent requests wait for the one load; begin_load starts one before any
+request, as `tandem serve` does for preloads while it imports the app), stay loaded for keep_alive after
 their last request (0: unload now; forever: never), at most `max_loaded_models` at once with the least
 recently used idle model evicted first, and never past a memory budget.
 
@@ -14,20 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from backends.base import Backend, BackendState, BackendUnavailableError, ModelInfo
 from backends.inspect import inspect_model
+from gateway.api_error import APIError
 from gateway.config import ModelSpec
-from gateway.errors import APIError
 
 logger = logging.getLogger("tandem.gateway")
 
@@ -151,6 +154,7 @@ class ModelManager:
         self._memory_budget = memory_budget_bytes
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        self._preloads: dict[ManagedModel, asyncio.Task[Backend]] = {}  # begun by begin_load, for start()
 
     def resolve(self, name: str) -> ManagedModel | None:
         return self._by_name.get(name)
@@ -208,12 +212,39 @@ class ModelManager:
     def loaded(self) -> list[ManagedModel]:
         return [m for m in self._models if m.state is ModelState.LOADED]
 
+    def begin_load(self, model: ManagedModel) -> bool:
+        """Start loading `model` on a worker thread now and return at once (call it from the event loop's
+        thread, before synchronous work: `tandem serve` does, so llama.cpp's load, C code that releases the
+        GIL, runs on another core while the app is imported). From then on it is the model's load in
+        progress, as if a request had started it: requests and start() wait for it (one load), a failure
+        reaches them as any load's would, and if no request comes the model unloads once idle past its
+        keep_alive. Returns whether the load began: not for an adapter model, a model already loading or
+        loaded, one with keep_alive 0 (it would unload again at once), or one with no room beside what is
+        loaded now (its first request makes room or answers why not, as before)."""
+        if (
+            model.base is not None
+            or model.state is not ModelState.UNLOADED
+            or model.default_keep_alive_s == 0
+            or self._lock.locked()  # a load or unload is deciding what is resident
+            or not self._has_room(model)
+        ):
+            return False
+        model.state = ModelState.LOADING
+        model.load_task = asyncio.create_task(self._load(model, idle_after=True))
+        model.load_task.add_done_callback(_retrieve_error)  # no request may wait: a failure is logged anyway
+        if model.spec.preload:  # start()'s load of it: start() fails if this one does, rather than retry
+            self._preloads[model] = model.load_task
+        return True
+
     async def start(self) -> None:
         """Preload what asks for it and start unloading idle models; idempotent."""
         if self._reaper is not None:
             return
         for model in self._models:
             if model.spec.preload:
+                begun = self._preloads.pop(model, None)
+                if begun is not None:
+                    await asyncio.shield(begun)  # raises as a load begun here would
                 (await self.acquire(model, keep_alive_s=DEFAULT_KEEP_ALIVE)).release()
         self._reaper = asyncio.create_task(self._reap())
 
@@ -247,11 +278,20 @@ class ModelManager:
         waited = time.perf_counter() - started
         return Lease(self, model, keep, waited if waited > 1e-3 else 0.0)  # type: ignore[arg-type]
 
-    async def _load(self, model: ManagedModel) -> Backend:
+    def _load(self, model: ManagedModel, idle_after: bool = False) -> Coroutine[Any, Any, Backend]:
+        """The loader begins on a worker thread now, not when the returned coroutine first runs: begin_load
+        returns to synchronous work that keeps the event loop from running anything until it is done."""
         started = time.perf_counter()
         logger.info("loading model %r from %s", model.spec.name, model.path)
+        context = contextvars.copy_context()  # as asyncio.to_thread
+        running = asyncio.get_running_loop().run_in_executor(None, context.run, self._loader, model)
+        return self._loaded(model, running, started, idle_after)
+
+    async def _loaded(
+        self, model: ManagedModel, running: asyncio.Future[Backend], started: float, idle_after: bool
+    ) -> Backend:
         try:
-            backend = await asyncio.to_thread(self._loader, model)
+            backend = await running
         except Exception as exc:
             model.state, model.load_task = ModelState.UNLOADED, None
             if model.failure is not None:
@@ -261,6 +301,9 @@ class ModelManager:
         model.backend, model.state, model.failure = backend, ModelState.LOADED, None
         model.load_seconds = time.perf_counter() - started
         model.last_used = time.monotonic()
+        keep = model.default_keep_alive_s
+        if idle_after and keep is not None:  # begun by no request: idle from now (a waiter clears it)
+            model.expires_at = model.last_used + keep
         logger.info("model %r loaded in %.2fs", model.spec.name, model.load_seconds)
         return backend
 
@@ -301,11 +344,8 @@ class ModelManager:
                 type="server_error",
                 code="insufficient_memory",
             )
-        while True:
+        while not self._has_room(model):
             resident = [m for m in self._models if m.state is not ModelState.UNLOADED and m is not model]
-            used = sum(m.estimated_bytes for m in resident)
-            if len(resident) < self._max_loaded and used + model.estimated_bytes <= self._memory_budget:
-                return
             idle = [m for m in resident if m.state is ModelState.LOADED and m.in_use == 0]
             if not idle:
                 raise APIError(
@@ -319,6 +359,12 @@ class ModelManager:
             victim = min(idle, key=lambda m: m.last_used)
             logger.info("unloading model %r to make room for %r", victim.spec.name, model.spec.name)
             await self._unload(victim)
+
+    def _has_room(self, model: ManagedModel) -> bool:
+        """Whether `model` fits beside every other model loaded or loading, in count and in memory."""
+        resident = [m for m in self._models if m.state is not ModelState.UNLOADED and m is not model]
+        used = sum(m.estimated_bytes for m in resident)
+        return len(resident) < self._max_loaded and used + model.estimated_bytes <= self._memory_budget
 
     def _release(self, model: ManagedModel, keep_alive_s: float | None) -> None:
         if model.base is not None:  # an adapter model: its base is what was held

@@ -89,6 +89,10 @@ class EventSequence:
     def __init__(self) -> None:
         self._next = 0
 
+    def skip(self, count: int) -> None:
+        """Number on after `count` events sent by someone else (the drain ending a stream)."""
+        self._next += count
+
     def frame(self, event: StreamEvent) -> str:
         event.sequence_number = self._next
         self._next += 1

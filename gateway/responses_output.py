@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
+from gateway.openai_protocol import Usage
 from gateway.responses_events import (
     ArgumentsDelta,
     ArgumentsDone,
@@ -38,7 +39,7 @@ class Piece:
 
     events: list[OutputEvent]
     finish_reason: str | None = None
-    usage: tuple[int, int] | None = None  # (input tokens, output tokens)
+    usage: Usage | None = None
 
 
 def item_id(prefix: str) -> str:

@@ -10,9 +10,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.errors import APIError, as_api_error
+from gateway.openai_protocol import Usage
 from gateway.response_store import ResponseStore, StoredResponse
 from gateway.responses_events import ErrorEvent, EventSequence, ResponseLifecycle
-from gateway.responses_objects import IncompleteDetails, ResponseError, ResponseObject, ResponseUsage
+from gateway.responses_objects import (
+    IncompleteDetails,
+    InputTokensDetails,
+    ResponseError,
+    ResponseObject,
+    ResponseUsage,
+)
 from gateway.responses_output import OutputBuilder, Piece, item_id
 from gateway.responses_protocol import FunctionTool, InputItem, ItemStatus, ResponseRequest
 
@@ -48,11 +55,17 @@ class Turn:
     history: list[InputItem]  # what previous_response_id brought in
 
     def finished(
-        self, builder: OutputBuilder, finish_reason: str | None, usage: tuple[int, int]
+        self, builder: OutputBuilder, finish_reason: str | None, usage: Usage | None
     ) -> ResponseObject:
         final = self.draft.model_copy(deep=True)
         final.output = builder.items
-        final.usage = ResponseUsage(input_tokens=usage[0], output_tokens=usage[1], total_tokens=sum(usage))
+        usage = usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        final.usage = ResponseUsage(
+            input_tokens=usage.prompt_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_tokens),
+            output_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        )
         if finish_reason == "length":
             final.status, final.incomplete_details = (
                 "incomplete",
@@ -77,7 +90,7 @@ class Turn:
         builder = OutputBuilder()
         builder.feed(piece.events)
         builder.finish(_item_status(piece.finish_reason))
-        final = self.finished(builder, piece.finish_reason, piece.usage or (0, 0))
+        final = self.finished(builder, piece.finish_reason, piece.usage)
         await self.keep(final)
         return final
 
@@ -86,7 +99,7 @@ class Turn:
         client may continue it as soon as it has seen it end."""
         sequence, builder = EventSequence(), OutputBuilder()
         finish_reason: str | None = None
-        usage = (0, 0)
+        usage: Usage | None = None
         yield sequence.frame(ResponseLifecycle(type="response.created", response=self.draft))
         yield sequence.frame(ResponseLifecycle(type="response.in_progress", response=self.draft))
         try:

@@ -14,6 +14,7 @@ from backends.conversation import Conversation, ToolChoiceKind
 from backends.template_inputs import template_tools
 from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
 from gateway.deps import CallContext
+from gateway.openai_protocol import PromptTokensDetails, Usage
 from gateway.remote_serving import admit_remote, open_stream, release_stream
 from gateway.responses_output import Piece
 from gateway.responses_protocol import ResponseRequest, TextFormatJSONObject, TextFormatJSONSchema
@@ -70,11 +71,18 @@ class _Calls:
         return events
 
 
-def _usage(data: dict[str, Any]) -> tuple[int, int] | None:
+def _usage(data: dict[str, Any]) -> Usage | None:
     usage = data.get("usage")
     if not usage:
         return None
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))  # fmt: skip
+
+
+def _settled(usage: Usage | None) -> tuple[int, int]:
+    return (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
 
 
 async def remote_whole(
@@ -82,18 +90,18 @@ async def remote_whole(
 ) -> Piece:
     admission = await admit_remote(call, payload)
     remote.in_flight += 1
-    usage: tuple[int, int] | None = None
+    usage: Usage | None = None
     try:
         data = await remote.upstream().chat(requested, payload)
         usage = _usage(data)
     finally:
         remote.in_flight -= 1
-        await admission.settle(*(usage or (0, 0)))
+        await admission.settle(*_settled(usage))
     choice = (data.get("choices") or [{}])[0]
     message = dict(choice.get("message") or {})
     # a whole message is one delta whose calls all arrive at once
     message["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message.get("tool_calls") or [])]
-    return Piece(_Calls().events(message), choice.get("finish_reason") or "stop", usage or (0, 0))
+    return Piece(_Calls().events(message), choice.get("finish_reason") or "stop", usage)
 
 
 async def remote_pieces(
@@ -112,8 +120,8 @@ async def remote_pieces(
                     events = calls.events(choice.get("delta") or {})
                     if events:
                         yield Piece(events)
-            yield Piece([], reason or "stop", usage or (0, 0))
+            yield Piece([], reason or "stop", usage)
         finally:
-            await release_stream(remote, chunks, admission, *(usage or (0, 0)))
+            await release_stream(remote, chunks, admission, *_settled(usage))
 
     return pieces()

@@ -20,7 +20,7 @@ from gateway.deps import CallContext
 from gateway.errors import APIError, as_api_error
 from gateway.generation import PreparedGeneration
 from gateway.metrics import NO_TEAM, GatewayMetrics
-from gateway.openai_protocol import ErrorBody, Usage
+from gateway.openai_protocol import ErrorBody, PromptTokensDetails, Usage
 from gateway.registry import DEFAULT_KEEP_ALIVE, Lease, ManagedModel, ServedModel
 
 logger = logging.getLogger("tandem.gateway")
@@ -76,6 +76,7 @@ class Generation:
         self.prompt = prepared.prompt  # chat: the rendered conversation (which tool-call format it teaches)
         self._finished = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of the prompt, as the first choice's backend request found them
         self.started_ns = time.perf_counter_ns()
         self.first_token_ns: int | None = None
         self._tracker = metrics.track(model, backend.kind, team, prepared.prompt_tokens, len(self._streams))
@@ -94,7 +95,10 @@ class Generation:
         """Exact token counts of what was produced so far (all of it, once the generation has ended)."""
         total = self.prompt_tokens + self.completion_tokens
         return Usage(
-            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, total_tokens=total
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=total,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
         )
 
     @property
@@ -112,6 +116,8 @@ class Generation:
     def _observe(self, index: int, chunk: GenerationChunk) -> None:
         self._tracker.on_chunk(index, chunk)
         self.completion_tokens += len(chunk.token_ids)
+        if index == 0 and chunk.cached_tokens:
+            self.cached_tokens = chunk.cached_tokens
         if self.first_token_ns is None and chunk.token_ids:
             self.first_token_ns = time.perf_counter_ns()
         if chunk.finish_reason is not None:

@@ -23,6 +23,7 @@ from backends.tool_forced import ForcedCallParser
 from backends.tools.detect import parser_class
 from backends.tools.events import ContentDelta, ParserEvent, ToolCallBegin
 from backends.tools.harmony import HarmonyParser, HarmonySplitter
+from backends.tools.markers import FALLBACK_FORMAT
 from backends.tools.parser import ToolCallParser
 from backends.tools.reasoning import ReasoningDelta, ReasoningParser, ReasoningSplitter
 from backends.tools.strict import StrictFormatError, auto_call_output, strict_auto
@@ -30,7 +31,7 @@ from gateway.errors import bad_request
 from gateway.generation import PreparedGeneration
 from gateway.registry import ServedModel
 
-FALLBACK_PARSER = "hermes"
+FALLBACK_PARSER = FALLBACK_FORMAT  # the format tandem describes tools in to a template without a section
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +103,16 @@ def with_strict_calls(prepared: PreparedGeneration, conversation: Conversation, 
     (its tool format decides the grammar), before the requests reach the backend."""
     if not strict_auto(conversation) or not prepared.requests:
         return prepared
+    sampling = prepared.requests[0].sampling
+    markers = prepared.prompt.marker_token_ids if prepared.prompt is not None else {}
     try:
         tool_format = _auto_parser(conversation, prepared.prompt, model.spec.tool_parser)
-        output = auto_call_output(conversation, tool_format)
+        # the grammar sees the markers the output is written with (backends.tools.markers) as their text
+        output = auto_call_output(conversation, tool_format, markers, sampling.preserved_token_ids)
     except StrictFormatError as exc:
         raise bad_request(str(exc), param=f"tools[{exc.tool_index}].function.strict",
                           code="unsupported_parameter") from None  # fmt: skip
     assert output is not None
-    sampling = prepared.requests[0].sampling
     if sampling.structured is not None:
         raise bad_request("'strict' functions under tool_choice 'auto' cannot be combined with "
                           "'response_format'.", param="response_format")  # fmt: skip

@@ -34,6 +34,11 @@ def create(client: anthropic.Anthropic, **kwargs):
     return client.messages.create(**{"model": "tiny", "max_tokens": 8, "messages": ASK, **GREEDY, **kwargs})
 
 
+def prompt_tokens(usage) -> int:
+    """The whole prompt: Anthropic's input_tokens leave out what the (prefix) cache read."""
+    return usage.input_tokens + (usage.cache_read_input_tokens or 0)
+
+
 def post(url: str, **kwargs) -> httpx.Response:
     return httpx.post(url, timeout=60, **kwargs)  # the first tool schema imports xgrammar: seconds
 

@@ -10,7 +10,18 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.anthropic_support import ASK, GREEDY, ROOM, TOOLS, WEATHER, create, envelope, post, sdk_client
+from tests.anthropic_support import (
+    ASK,
+    GREEDY,
+    ROOM,
+    TOOLS,
+    WEATHER,
+    create,
+    envelope,
+    post,
+    prompt_tokens,
+    sdk_client,
+)
 from tests.conftest import model_entry, start_server
 
 # ---- keys, limits, the envelope of refusals ----------------------------------------------------------------
@@ -42,8 +53,8 @@ def test_keys_are_taken_as_x_api_key_or_bearer(keyed_server):
     )
     assert by_header.usage.output_tokens > 0
     bearer = anthropic.Anthropic(base_url=keyed_server.base_url, auth_token=key, api_key=None, max_retries=0)
-    assert (
-        bearer.messages.count_tokens(model="tiny", messages=ASK).input_tokens == by_header.usage.input_tokens
+    assert bearer.messages.count_tokens(model="tiny", messages=ASK).input_tokens == prompt_tokens(
+        by_header.usage
     )
     with pytest.raises(anthropic.AuthenticationError) as refused:
         sdk_client(keyed_server.base_url, api_key="sk-tandem-000000000000-wrong").messages.create(
@@ -65,7 +76,7 @@ def test_usage_and_metrics_count_messages(keyed_server):
     with client.messages.stream(model="tiny", max_tokens=4, messages=ASK) as stream:
         streamed = stream.get_final_message()
     master = {"authorization": f"Bearer {MASTER}"}
-    expected = {"model": "tiny", "requests": 2, "prompt_tokens": 2 * unary.usage.input_tokens,
+    expected = {"model": "tiny", "requests": 2, "prompt_tokens": 2 * prompt_tokens(unary.usage),
                 "completion_tokens": unary.usage.output_tokens + streamed.usage.output_tokens}  # fmt: skip
     deadline = time.monotonic() + 10  # a stream's usage is settled as it ends, just after its last event
     while True:
@@ -125,8 +136,8 @@ def test_a_remote_model_answers_through_its_chat_api(routed, keyed_server, name)
     assert raw.headers["x-tandem-backend"] == "remote"
     answer = raw.parse()
     assert answer.content[0].text == expected.content[0].text and answer.model == name
-    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (
-        expected.usage.input_tokens,
+    assert (prompt_tokens(answer.usage), answer.usage.output_tokens) == (
+        prompt_tokens(expected.usage),
         expected.usage.output_tokens,
     )
     with client.messages.stream(model=name, max_tokens=10, messages=ASK, **GREEDY) as stream:

@@ -20,6 +20,7 @@ from tests.anthropic_support import (
     create,
     envelope,
     post,
+    prompt_tokens,
     sdk_client,
     sse_events,
 )
@@ -41,8 +42,8 @@ def test_create_answers_a_message(client):
     assert message.stop_reason in ("end_turn", "max_tokens") and message.stop_sequence is None
     assert 0 < message.usage.output_tokens <= 8 and message.usage.input_tokens > 0
     as_blocks = create(client, system=[{"type": "text", "text": "Answer briefly."}])
-    assert as_blocks.usage.input_tokens == message.usage.input_tokens
-    assert create(client).usage.input_tokens < message.usage.input_tokens  # the system prompt counts
+    assert prompt_tokens(as_blocks.usage) == prompt_tokens(message.usage)
+    assert prompt_tokens(create(client).usage) < prompt_tokens(message.usage)  # the system prompt counts
 
 
 def test_a_stop_sequence_stops_the_real_model_and_is_named(client):
@@ -69,8 +70,8 @@ def test_stream_helper_yields_the_final_message(client):
         final = stream.get_final_message()
     assert text == final.content[0].text == unary.content[0].text
     assert final.stop_reason == unary.stop_reason
-    assert (final.usage.input_tokens, final.usage.output_tokens) == (
-        unary.usage.input_tokens,
+    assert (prompt_tokens(final.usage), final.usage.output_tokens) == (
+        prompt_tokens(unary.usage),
         unary.usage.output_tokens,
     )
 
@@ -88,8 +89,8 @@ def test_tool_choice_tool_is_a_valid_call_and_round_trips(client):
         return create(client, tools=TOOLS, messages=[*history, {"role": "user", "content": [block]}])
 
     short, longer = answer("21"), answer("21 degrees, sunny, a light wind")
-    assert longer.usage.input_tokens > short.usage.input_tokens > forced.usage.input_tokens
-    assert answer("21", is_error=True).usage.input_tokens > short.usage.input_tokens
+    assert prompt_tokens(longer.usage) > prompt_tokens(short.usage) > prompt_tokens(forced.usage)
+    assert prompt_tokens(answer("21", is_error=True).usage) > prompt_tokens(short.usage)
     unknown = {"type": "tool_result", "tool_use_id": "toolu_nope", "content": "21"}
     with pytest.raises(anthropic.BadRequestError, match="answers no tool_use block"):
         create(client, tools=TOOLS, messages=[*history, {"role": "user", "content": [unknown]}])
@@ -113,7 +114,7 @@ def test_tool_choice_any_calls_one_of_the_tools_and_streams_it(client):
 def test_count_tokens_is_the_input_tokens_of_the_same_request(client):
     prompt = {"system": [{"type": "text", "text": "You are terse."}], "tools": TOOLS, "messages": ASK}
     counted = client.messages.count_tokens(model="tiny", **prompt)
-    assert counted.input_tokens == create(client, **prompt, max_tokens=1).usage.input_tokens
+    assert counted.input_tokens == prompt_tokens(create(client, **prompt, max_tokens=1).usage)
     assert client.messages.count_tokens(model="tiny", messages=ASK).input_tokens < counted.input_tokens
 
 

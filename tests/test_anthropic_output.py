@@ -189,3 +189,16 @@ def test_a_full_queue_is_529_overloaded_and_a_failure_mid_stream_an_error_event(
     assert events[-1] == ("error", {"type": "error", "error": error})
     assert ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                     "delta": {"type": "text_delta", "text": "Hel"}}) in events  # fmt: skip
+
+
+def test_metadata_user_id_reaches_a_remote_upstream_as_openais_user():
+    from gateway.anthropic_conversation import anthropic_conversation
+    from gateway.anthropic_protocol import MessagesRequest
+    from gateway.anthropic_remote import chat_payload
+
+    body = MessagesRequest.model_validate(
+        {"model": "m", "max_tokens": 4, "messages": ASK, "metadata": {"user_id": "u-42"}}
+    )
+    assert chat_payload(body, anthropic_conversation(body))["user"] == "u-42"
+    plain = MessagesRequest.model_validate({"model": "m", "max_tokens": 4, "messages": ASK})
+    assert "user" not in chat_payload(plain, anthropic_conversation(plain))

@@ -87,7 +87,8 @@ def test_streaming_chat_matches_non_streaming(server):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == []
-    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")  # what the cache held may differ
+    assert chunks[-1].usage.model_dump(include=set(counts)) == whole.usage.model_dump(include=set(counts))
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
 
 

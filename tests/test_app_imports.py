@@ -21,3 +21,32 @@ def test_the_served_app_imports_none_of_what_only_some_requests_need():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_a_preloaded_llama_cpp_model_is_checked_by_its_load_alone(tiny_llama, tmp_path):
+    """`tandem serve` begins loading such a model before it imports the app (gateway.startup.begin_preloads):
+    reading the file with tandem's own GGUF reader first (numpy, gguf) would only delay that load."""
+    model, store = str(tiny_llama.gguf_path), str(tmp_path)
+    code = (
+        "import sys; from pathlib import Path; "
+        "from gateway.config import ModelSpec, Profile; from gateway.model_store import ModelStore; "
+        "from gateway.settings import Settings; from gateway.startup import build_manager; "
+        f"spec = ModelSpec(name='tiny', backend='llamacpp', path={model!r}, preload=True); "
+        f"build_manager(Profile(models=[spec]), 'dev', Settings(), 'test', ModelStore(Path({store!r}))); "
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'gguf', 'numpy', 'llama_cpp'}); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_the_command_line_and_the_model_manager_import_no_fastapi():
+    """`tandem serve` builds its models and begins their loads before it imports the request path
+    (gateway.cli._serve): FastAPI and the protocol modules, ~0.5-1 s, then overlap the load instead of
+    preceding it. gateway.auth's names load on first use, APIError lives apart from the handlers."""
+    code = (
+        "import sys; import gateway.cli, gateway.startup, gateway.registry; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette') "
+        "or m in ('gateway.openai_protocol', 'gateway.errors', 'gateway.auth.access')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

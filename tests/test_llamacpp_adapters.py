@@ -405,8 +405,10 @@ def test_prefix_cache_is_never_shared_between_adapter_sets(engine_run):
     assert hits("b") == 0
     assert hits("a") == len(prompt) - 1  # a's own KV is reused
     assert hits(None) == len(prompt) - 1  # and the base's is still there
-    # a running sequence's prefix is copied only into a sequence of its own set
-    fresh = engine_run.session.tokenize(PROMPTS[0], add_special_tokens=False)
+    # a running sequence's prefix is copied only into a sequence of its own set (a prefix long enough to
+    # be worth copying a stream: backends/llamacpp/slots.py)
+    fresh = engine_run.session.tokenize(PROMPTS[0] * 8, add_special_tokens=False)
+    assert len(fresh) > engine_run.engine.pool.min_copied
     running = engine_run.submit(fresh, "b", steps=4)
     engine_run.engine.step()
     before = counters.prefix_hits

@@ -199,11 +199,11 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 def test_a_disconnect_frees_its_cells_and_a_waiting_request_gets_them(tiny_llama):
-    """The pool holds one full context: the second request waits (it does not fail) until the first one's
-    client goes away and the engine frees its cells."""
+    """A unified pool holding one full context: the second request waits (it does not fail) until the first
+    one's client goes away and the engine frees its cells."""
 
     async def main() -> None:
-        backend = _load(tiny_llama.gguf_path, context_length=256, parallel=2, kv_cells=256)
+        backend = _load(tiny_llama.gguf_path, context_length=256, parallel=2, kv_cells=256, kv_unified=True)
         engine = backend.engine
         params = SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True)
         first = backend.generate(GenerationRequest("first", backend.tokenize("First"), params))
@@ -229,6 +229,29 @@ def test_a_disconnect_frees_its_cells_and_a_waiting_request_gets_them(tiny_llama
             # the aborted request's cells are free; the finished one keeps its KV for reuse
             assert engine.pool.cached_cells == len(backend.tokenize("Second")) + len(out.token_ids) - 1
         finally:
+            await backend.aclose()
+
+    asyncio.run(main())
+
+
+def test_split_kv_gives_each_sequence_its_own_cells(tiny_llama):
+    """Split KV (the default): kv_cells/parallel cells per sequence, which bounds the context length; a
+    request that could not fit beside a long one in that many shared cells runs at once."""
+
+    async def main() -> None:
+        backend = _load(tiny_llama.gguf_path, context_length=1024, parallel=2, kv_cells=512)
+        engine = backend.engine
+        assert engine.context_length == 256 and not engine.pool.shared
+        params = SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True)
+        first = backend.generate(GenerationRequest("first", backend.tokenize("First"), params))
+        try:
+            assert (await asyncio.wait_for(first.__anext__(), HANG_S)).token_ids
+            second = backend.generate(GenerationRequest("second", backend.tokenize("Second"), params))
+            assert (await asyncio.wait_for(second.__anext__(), HANG_S)).token_ids
+            assert backend.stats().running == 2 and backend.stats().waiting == 0
+            await second.aclose()
+        finally:
+            await first.aclose()
             await backend.aclose()
 
     asyncio.run(main())
@@ -279,9 +302,12 @@ def test_turn_two_computes_only_its_new_tokens(smollm2_gguf):
     asyncio.run(main())
 
 
-def test_a_prefix_is_copied_from_a_running_sequence(tiny_llama):
+@pytest.mark.parametrize("kv_unified", [False, True], ids=["split", "unified"])
+def test_a_prefix_is_copied_from_a_running_sequence(tiny_llama, kv_unified: bool):
+    """Unified, the copy shares the running sequence's cells; split, its stream is copied and cut back."""
+
     async def main() -> None:
-        backend = _load(tiny_llama.gguf_path)
+        backend = _load(tiny_llama.gguf_path, kv_unified=kv_unified)
         counters = backend.engine.counters
         system = backend.tokenize("You are a helpful assistant. " * 10)
         params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
@@ -376,10 +402,12 @@ def test_parallel_is_a_llamacpp_setting(monkeypatch: pytest.MonkeyPatch):
     from gateway.config import ModelSpec
     from gateway.settings import Settings
 
-    spec = ModelSpec(name="m", backend="llamacpp", path="m.gguf", parallel=2, kv_cells=4096)
-    assert (spec.parallel, spec.kv_cells) == (2, 4096)
+    spec = ModelSpec(name="m", backend="llamacpp", path="m.gguf", parallel=2, kv_cells=4096, kv_unified=True)
+    assert (spec.parallel, spec.kv_cells, spec.kv_unified) == (2, 4096, True)
     with pytest.raises(ValidationError, match="apply to backend 'llamacpp' only"):
         ModelSpec(name="m", backend="paged", path="ckpt", parallel=2)
+    with pytest.raises(ValidationError, match="apply to backend 'llamacpp' only"):
+        ModelSpec(name="m", backend="paged", path="ckpt", kv_unified=False)
     with pytest.raises(ValidationError):
         ModelSpec(name="m", backend="llamacpp", path="m.gguf", parallel=0)
     monkeypatch.delenv("TANDEM_LLAMACPP_PARALLEL", raising=False)

@@ -74,3 +74,14 @@ def test_the_tiny_models_tokens_match_its_tokenizer(tiny_model):
         assert session.eos_text == "<|im_end|>"  # special pieces keep their text
     finally:
         session.close()
+
+
+def test_end_of_generation_ids_are_llama_cpps(real: tuple[str, LlamaSession, Tokenizer]):
+    """The session asks llama.cpp through a binding that keeps the GIL (cold start); the answer is the same
+    as through llama-cpp-python's."""
+    import llama_cpp
+
+    _, session, _ = real
+    vocab = session._vocab
+    expected = {t for t in range(session.vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+    assert expected and session.eos_ids == expected

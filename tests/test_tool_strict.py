@@ -4,8 +4,9 @@ The grammar (backends.tools.strict) is checked the way a random-weight model wou
 model's real vocabulary, tokens are drawn at random from what the grammar allows (a random model's output
 is exactly such a walk, biased by its random logits), from the moment the format's trigger is written; every
 call read back must match its schema, and without the grammar the same walk writes no valid call. The
-random tiny model never writes a `<tool_call>` of its own, so the servers' tests check the way in (both
-backends compile and apply the grammar, free text is untouched) and every refusal.
+random tiny model never writes a `<tool_call>` of its own, so the servers' tests
+(tests/test_tool_strict_serving.py) check the way in (both backends compile and apply the grammar, free text
+is untouched) and every refusal.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 
-import httpx
 import jsonschema
 import numpy as np
 import pytest
@@ -21,11 +21,8 @@ import pytest
 from backends.base import Prompt, StructuredOutput
 from backends.conversation import Conversation, Message, Role, ToolDefinition
 from backends.structured import StructuredCompiler, Vocabulary, _byte_compiler
-from backends.tools.detect import parser_class
-from backends.tools.strict import SHAPES, StrictFormatError, auto_call_output
+from backends.tools.strict import SUPPORTED, StrictFormatError, auto_call_output
 from gateway.tool_calls import finish_reason, read_all, tool_plan
-from tests.conftest import SERVED_PROFILES, model_entry, start_server
-from tests.real_assets import templates_dir
 
 WEATHER = {
     "type": "object",
@@ -127,142 +124,104 @@ def test_only_strict_functions_have_their_arguments_constrained():
         assert accepted == allowed, text
 
 
-@pytest.mark.parametrize("tool_format", sorted(SHAPES))
+_GOOD = json.dumps({"city": "Oslo", "days": 2, "alerts": True})
+_CALLS = {  # each format's call of get_weather, in free text where the format has any
+    "hermes": 'Sure. <tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call> Done.',
+    "functionary_v3_1": "Sure. <function=get_weather>%s</function> Done.",
+    "firefunction_v2": 'Sure.  functools[{"name": "get_weather", "arguments": %s}] Done.',
+    "mistral": "Sure. [TOOL_CALLS]get_weather[ARGS]%s Done.",
+    "llama3_json": 'Sure. <|python_tag|>{"name": "get_weather", "parameters": %s} Done.',
+    "granite": 'Sure. <|tool_call|>[{"name": "get_weather", "arguments": %s}] Done.',
+    "deepseek_v3": "Sure. <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>%s"
+    "<｜tool▁call▁end｜><｜tool▁calls▁end｜> Done.",
+    # harmony is all messages: reasoning, then the call (its <|call|> ends the generation, unwritten)
+    "harmony": "<|channel|>analysis<|message|>Sure.<|end|><|start|>assistant to=functions.get_weather"
+    "<|channel|>commentary <|constrain|>json<|message|>%s",
+    # after the generation prompt's >>>: the answer to `all`, then a message to the function
+    "functionary_v3_2": "all\nSure.\n>>>get_weather\n%s",
+}
+
+
+@pytest.mark.parametrize("tool_format", sorted(SUPPORTED))
 def test_each_formats_grammar_writes_what_its_parser_reads(tool_format: str):
-    call = {
-        "hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>',
-        "functionary_v3_1": "<function=get_weather>%s</function>",
-        "firefunction_v2": ' functools[{"name": "get_weather", "arguments": %s}]',
-    }[tool_format]
-    good = json.dumps({"city": "Oslo", "days": 2, "alerts": True})
+    """Over the bytes (the markers spelled out, as a vocabulary's special tokens are matched once preserved:
+    tests/test_tool_markers.py), the grammar takes a call with valid arguments, refuses invalid ones, and
+    the format's reader finds the call in what it took."""
+    call = _CALLS[tool_format]
     bad = json.dumps({"city": "Rome", "days": 2, "alerts": True})
-    spec = auto_call_output(_conversation(), tool_format)
+    markers = {"[ARGS]": 1} if tool_format == "mistral" else {}  # Mistral Small's form: [ARGS] is a token
+    spec = auto_call_output(_conversation(), tool_format, markers)
     assert spec is not None
-    for arguments, allowed in [(good, True), (bad, False)]:
-        text = f"Sure. {call % arguments} Done."
+    for arguments, allowed in [(_GOOD, True), (bad, False)]:
+        text = call % arguments
         matcher = _byte_compiler().matcher(spec)
         assert all(matcher.accept(byte) for byte in text.encode()) == allowed, text
         if allowed:
-            parser = parser_class(tool_format)(leading=False)
-            parser.feed(text)
-            parser.finish()
-            assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
-                ("get_weather", json.loads(good))
+            plan = tool_plan(_conversation(), Prompt([0], "", tool_format), None, strict_grammar=True)
+            assert plan is not None
+            reader = read_all(plan, text)
+            assert [(c.name, json.loads(c.arguments)) for c in reader.calls] == [
+                ("get_weather", json.loads(_GOOD))
             ]
+            assert reader.content.startswith("Sure.") or reader.reasoning == "Sure."
 
 
-def test_formats_without_a_usable_trigger_refuse_strict():
+def test_mistral_without_an_args_token_writes_its_calls_as_a_list():
+    spec = auto_call_output(_conversation(), "mistral", {})
+    assert spec is not None
+    listed = f'[TOOL_CALLS][{{"name": "get_weather", "arguments": {_GOOD}}}]'
+    for text, allowed in [(listed, True), (f"[TOOL_CALLS]get_weather[ARGS]{_GOOD}", False)]:
+        matcher = _byte_compiler().matcher(spec)
+        assert all(matcher.accept(byte) for byte in text.encode()) == allowed, text
+
+
+def test_harmony_under_strict_is_all_messages():
+    """gpt-oss's output has no free text around its messages: plain text is refused, every channel is taken,
+    and a message may end on the end-of-generation token (not written) instead of <|end|>."""
+    spec = auto_call_output(_conversation(), "harmony")
+    assert spec is not None
+    for text, allowed in [
+        ("Hello", False),
+        ("<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>final<|message|>Hi", True),
+        ("<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant<|channel|>commentary "
+         f"to=functions.get_weather json<|message|>{_GOOD}", True),
+        ("<|channel|>commentary to=functions.get_date<|message|>{}", False),  # no such function
+    ]:  # fmt: skip
+        matcher = _byte_compiler().matcher(spec)
+        taken = all(matcher.accept(byte) for byte in text.encode()) and matcher.accept(256)  # 256: the end
+        assert taken == allowed, text
+
+
+def test_every_format_has_a_strict_grammar():
+    """A format added without one is refused with a 400 naming the first strict function, never ignored."""
+    from backends.tools.formats import PARSERS
+
+    assert set(SUPPORTED) == set(PARSERS)
     tools = (ToolDefinition("get_time"), STRICT_TOOLS[0])
-    for tool_format in ("mistral", "llama3_json", "harmony", "deepseek_v3", "granite", "functionary_v3_2"):
-        with pytest.raises(StrictFormatError, match=f"format '{tool_format}'") as caught:
-            auto_call_output(_conversation(tools), tool_format)
-        assert caught.value.tool_index == 1
+    with pytest.raises(StrictFormatError, match="format 'unheard_of'") as caught:
+        auto_call_output(_conversation(tools), "unheard_of")
+    assert caught.value.tool_index == 1
     assert auto_call_output(_conversation((ToolDefinition("get_time"),)), "mistral") is None  # none strict
 
 
-# ---- through the servers -------------------------------------------------------------------------------
-
-
-def _template(name: str) -> str:
-    return (templates_dir() / name).read_text()
-
-
-@pytest.fixture(scope="module", params=SERVED_PROFILES)
-def strict_server(request: pytest.FixtureRequest, tiny_llama, tmp_path_factory):
-    """The tiny model three times: with its own template (tools described, Hermes calls), and with the real
-    Mistral Nemo and gpt-oss templates (formats whose calls open with special tokens)."""
-    profile = request.param
-    models = [
-        model_entry(tiny_llama, profile, preload=True),
-        model_entry(tiny_llama, profile, name="tiny-mistral", aliases=[],
-                    chat_template=_template("mistralai-Mistral-Nemo-Instruct-2407.jinja")),
-        model_entry(tiny_llama, profile, name="tiny-gpt-oss", aliases=[],
-                    chat_template=_template("openai-gpt-oss-120b.jinja")),
-    ]  # fmt: skip
-    running = start_server({"profile": profile, "profiles": {profile: {"models": models}}},
-                           tmp_path_factory.mktemp(f"strict-{profile}"))  # fmt: skip
-    yield running
-    running.stop()
-
-
-def _tools(strict: bool = True) -> list[dict]:
-    # gpt-oss's template writes every function's description (a function without one fails it)
-    functions = [{"name": name, "description": f"{name} tool", "parameters": schema, "strict": strict}
-                 for name, schema in SCHEMAS.items()]  # fmt: skip
-    return [{"type": "function", "function": function} for function in functions]
-
-
-def _post(server, **body) -> httpx.Response:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 16,
-            "temperature": 0, **body}  # fmt: skip
-    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_strict_under_auto_is_served_with_its_grammar(strict_server, stream: bool):
-    """The random model writes no call: its text comes through as content, whole or streamed, under the
-    grammar on either backend (which would refuse a grammar it could not compile)."""
-    client = strict_server.openai()
-    kwargs = {"model": "tiny", "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 16,
-              "temperature": 0, "tools": _tools()}  # fmt: skip
-    if not stream:
-        choice = client.chat.completions.create(**kwargs, parallel_tool_calls=False).choices[0]
-        assert choice.finish_reason == "length" and choice.message.content and not choice.message.tool_calls
-        return
-    chunks = list(client.chat.completions.create(**kwargs, parallel_tool_calls=False, stream=True))
-    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    whole = client.chat.completions.create(**kwargs, parallel_tool_calls=False).choices[0].message.content
-    assert content == whole
-
-
-def test_strict_refusals_name_the_field(strict_server):
-    response_format = {"type": "json_object"}
-    for body, param in [
-        ({"tools": _tools(), "response_format": response_format}, "response_format"),
-        ({"tools": _tools(), "min_tokens": 4}, "min_tokens"),
-        ({"model": "tiny-mistral", "tools": _tools()}, "tools[0].function.strict"),
-        ({"model": "tiny-gpt-oss", "tools": [_tools(False)[0], _tools()[1]]}, "tools[1].function.strict"),
+@pytest.mark.parametrize("parallel", [True, False])
+def test_functionary_v3_2_under_strict_is_all_messages(parallel: bool):
+    """No free text: the first message's recipient comes at once (`all` or a function); without parallel
+    calls, one call ends the output."""
+    spec = auto_call_output(_conversation(parallel=parallel), "functionary_v3_2")
+    assert spec is not None
+    two_calls = f'get_time\n{{"utc": true}}>>>get_weather\n{_GOOD}'  # as the template writes them
+    for text, allowed in [
+        ("all\nHello there", True),
+        ("Hello", False),
+        (f"get_weather\n{_GOOD}", True),
+        ("get_date\n{}", False),
+        ("all\nSure >>>all\nagain", parallel),
+        (two_calls, parallel),
     ]:
-        response = _post(strict_server, **body)
-        assert response.status_code == 400, response.text
-        error = response.json()["error"]
-        assert error["param"] == param, error
-    message = _post(strict_server, model="tiny-mistral", tools=_tools()).json()["error"]["message"]
-    assert "format 'mistral'" in message and "tool_choice 'required'" in message
-
-
-def test_strict_is_honoured_where_the_grammar_does_not_need_a_trigger(strict_server):
-    """A forced call is always schema-exact, on any format; so is none, with no tools shown."""
-    for model in ("tiny-mistral", "tiny-gpt-oss"):
-        for choice in ("required", "none"):
-            response = _post(strict_server, model=model, tools=_tools(), tool_choice=choice, max_tokens=200)
-            assert response.status_code == 200, response.text
-            for call in response.json()["choices"][0]["message"].get("tool_calls") or ():
-                name, arguments = call["function"]["name"], json.loads(call["function"]["arguments"])
-                jsonschema.validate(arguments, SCHEMAS[name])
-
-
-def test_a_gpt_oss_template_serves_tools_on_both_protocols(strict_server):
-    """The real gpt-oss template takes the tools (its own developer section); the random model writes no
-    harmony, so its text is the answer, not reasoning."""
-    without = _post(strict_server, model="tiny-gpt-oss").json()
-    with_tools = _post(strict_server, model="tiny-gpt-oss", tools=_tools(False)).json()
-    assert with_tools["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"]
-    message = with_tools["choices"][0]["message"]
-    assert message["content"] and not message.get("reasoning_content")
-    time_tool = {"name": "get_time", "description": "The time", "parameters": TIME}
-    tools = [{"type": "function", "function": time_tool}]
-    body = {"model": "tiny-gpt-oss", "messages": [{"role": "user", "content": "Time?"}], "tools": tools,
-            "stream": False, "options": {"temperature": 0, "num_predict": 16}}  # fmt: skip
-    ollama = httpx.post(f"{strict_server.base_url}/api/chat", json=body, timeout=60)
-    assert ollama.status_code == 200, ollama.text
-    assert ollama.json()["message"]["content"] and "thinking" not in ollama.json()["message"]
-
-
-def test_parallel_tool_calls_false_under_auto_is_accepted_on_every_format(strict_server):
-    for model in ("tiny", "tiny-mistral", "tiny-gpt-oss"):
-        response = _post(strict_server, model=model, tools=_tools(False), parallel_tool_calls=False)
-        assert response.status_code == 200, response.text
+        matcher = _byte_compiler().matcher(spec)
+        taken = all(matcher.accept(byte) for byte in text.encode()) and matcher.accept(256)  # 256: the end
+        assert taken == allowed, text
 
 
 def test_a_reader_closes_after_the_one_call_parallel_false_allows():
@@ -282,25 +241,6 @@ def test_a_reader_closes_after_the_one_call_parallel_false_allows():
         # an output that went on to its length after the call it may have still ends on that call
         expected = "length" if parallel else "tool_calls"
         assert finish_reason("length", reader.calls, reader.closed) == expected
-
-
-def test_a_stream_stops_at_the_one_call_parallel_false_allows(strict_server):
-    """A forced call under parallel_tool_calls false: the stream ends once the call is complete (it leaves
-    the generation there), on the call the unary answer has, with finish_reason tool_calls."""
-    client = strict_server.openai()
-    kwargs = {"model": "tiny", "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 300,
-              "temperature": 0, "tools": _tools(False), "tool_choice": "required",
-              "parallel_tool_calls": False}  # fmt: skip
-    whole = client.chat.completions.create(**kwargs).choices[0]
-    chunks = [c for c in client.chat.completions.create(**kwargs, stream=True) if c.choices]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or ()]
-    (call,) = whole.message.tool_calls
-    assert {d.index for d in deltas} == {0} and deltas[0].function.name == call.function.name
-    arguments = "".join(d.function.arguments or "" for d in deltas)
-    assert arguments == call.function.arguments
-    jsonschema.validate(json.loads(arguments), SCHEMAS[deltas[0].function.name])
 
 
 @pytest.mark.parametrize("parallel", [True, False])

@@ -84,8 +84,10 @@ class LlamaCppBackend:
         *,
         parallel: int = DEFAULT_PARALLEL,
         kv_cells: int | None = None,
+        kv_unified: bool = False,
     ) -> None:
-        """kv_cells: the KV pool all sequences share; default room for `parallel` full contexts."""
+        """kv_cells: the KV cells of all sequences, default room for `parallel` full contexts; each
+        sequence has kv_cells/parallel of its own, or (kv_unified) they share one pool."""
         self._session = session
         self._model_name = model_name
         cells = kv_cells or session.context_length * parallel
@@ -94,6 +96,7 @@ class LlamaCppBackend:
             parallel=parallel,
             context_length=session.context_length,
             cells=cells,
+            kv_unified=kv_unified,
             on_end=self._ended,
             model_name=model_name,
         )
@@ -125,6 +128,7 @@ class LlamaCppBackend:
         retry_after_s: int = 1,
         parallel: int = DEFAULT_PARALLEL,
         kv_cells: int | None = None,
+        kv_unified: bool = False,
     ) -> LlamaCppBackend:
         started = time.perf_counter()
         session = LlamaSession.open(
@@ -132,7 +136,13 @@ class LlamaCppBackend:
         )
         try:
             backend = cls(
-                session, model_name, max_queued, retry_after_s, parallel=parallel, kv_cells=kv_cells
+                session,
+                model_name,
+                max_queued,
+                retry_after_s,
+                parallel=parallel,
+                kv_cells=kv_cells,
+                kv_unified=kv_unified,
             )
         except BaseException:
             session.close()

@@ -69,6 +69,7 @@ class _Sequence:
     arrival: float
     tokens: list[int]  # prompt, then the generated tokens
     generated: int = 0
+    cached: int = 0  # prompt tokens its slot held when placed
     slot: Slot | None = None
     placed: float = 0.0
     first_token: float | None = None
@@ -104,19 +105,22 @@ class BatchEngine:
         parallel: int,
         context_length: int,
         cells: int,
+        kv_unified: bool = False,
         on_end: Callable[[], None] = lambda: None,
         model_name: str = "model",
     ) -> None:
-        """on_end: called once per added request when it leaves the engine (finished, failed, aborted),
+        """cells: over all sequences (kv_unified: one pool they share; else cells/parallel each).
+        on_end: called once per added request when it leaves the engine (finished, failed, aborted),
         before its last chunk is put: the client never sees its end before the engine has freed it."""
         self._session = session
         self._on_end = on_end
         self.model_name = model_name
-        shape = ContextShape(cells, parallel, PREFILL_CHUNK + parallel, session.threads)
+        shape = ContextShape(cells, parallel, PREFILL_CHUNK + parallel, session.threads, kv_unified)
         self._context = BatchContext(session.model, session.vocab_size, shape)
         self.parallel = parallel
-        self.context_length = min(context_length, self._context.cells)  # no sequence outgrows the pool
-        self.pool = SlotPool(self._context, parallel, self._context.cells)
+        # no sequence outgrows its cells
+        self.context_length = min(context_length, self._context.cells_per_sequence)
+        self.pool = SlotPool(self._context, parallel, self._context.cells, shared=kv_unified)
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []  # metrics() reads its len() from other threads, as _waiting's
         self.counters = _Counters()
@@ -261,7 +265,7 @@ class BatchEngine:
             if placement is None:
                 return
             self._waiting.popleft()
-            seq.slot, seq.placed = placement.slot, time.monotonic()
+            seq.slot, seq.placed, seq.cached = placement.slot, time.monotonic(), placement.reused
             seq.span = SequenceSpan(seq.request.request_id, self.counters.steps + 1)
             self.spans.append(seq.span)
             c = self.counters
@@ -273,6 +277,8 @@ class BatchEngine:
     def _choose_adapters(self) -> AdapterSet | None:
         """The adapter set this step runs (one per decode): AdapterTurns' pick, each set ranked by how long
         it has waited (its oldest sequence's arrival, or its last step if later)."""
+        if not self.adapter_names:  # no adapter loaded: every step is the base's (most models)
+            return BASE if self._running else None
         waited: dict[AdapterSet, float] = {}
         for seq in self._running:
             waited[seq.adapters] = min(waited.get(seq.adapters, seq.arrival), seq.arrival)
@@ -343,14 +349,15 @@ class BatchEngine:
         if ends or (stop and not (params.ignore_eos and token in session.eos_ids)):
             text, finish = seq.assembler.finish(), FinishReason.STOP
         else:
-            text = seq.assembler.push(session.token_bytes(token))
+            text = seq.assembler.push(session.output_bytes(token, params.preserved_token_ids))
             if seq.assembler.stopped:
                 finish = FinishReason.STOP
                 stop_sequence = seq.assembler.matched_stop
             elif seq.generated >= params.max_tokens or len(seq.tokens) + 1 >= self.context_length:
                 text, finish = text + seq.assembler.finish(), FinishReason.LENGTH
         seq.tokens.append(token)
-        return GenerationChunk(text, [token], finish, logprobs, stop_sequence)
+        cached = seq.cached if seq.generated == 1 else 0
+        return GenerationChunk(text, [token], finish, logprobs, stop_sequence, cached_tokens=cached)
 
     def _end(
         self, seq: _Sequence, last: GenerationChunk | BaseException | None, *, keep: bool = True

@@ -26,6 +26,8 @@ _GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, C
 def _forward(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
     # Called by llama.cpp on whichever thread logs; an exception must not cross back into C.
     try:
+        if level != _GGML_LOG_LEVEL_ERROR and not logger.isEnabledFor(logging.DEBUG):
+            return  # most of a load's ~3,000 lines: not even decoded
         line = (text or b"").decode("utf-8", errors="replace").rstrip()
         if line:
             logger.log(logging.ERROR if level == _GGML_LOG_LEVEL_ERROR else logging.DEBUG, "%s", line)

@@ -47,6 +47,15 @@ class SequenceSampler:
         )
         self._bias_ids = np.fromiter((t for t in params.logit_bias if 0 <= t < vocab_size), dtype=np.int64)
         self._bias_values = np.array([params.logit_bias[t] for t in self._bias_ids], dtype=np.float32)
+        # greedy on the logits as they are (no bias, penalties or min_tokens): argmax needs no copy of them
+        self._plain_greedy = (
+            params.temperature == 0.0
+            and not self._bias_ids.size
+            and params.min_tokens == 0
+            and params.repetition_penalty == 1.0
+            and not params.frequency_penalty
+            and not params.presence_penalty
+        )
 
     def sample(self, raw_logits: np.ndarray, allowed: np.ndarray | None = None) -> SampledToken:
         """allowed: a grammar's mask of the tokens that may come next (structured output), or None.
@@ -58,6 +67,10 @@ class SequenceSampler:
         p = self.params
         if allowed is not None:
             raw_logits = np.where(allowed, raw_logits, np.float32(-np.inf))
+        if self._plain_greedy and p.logprobs is None:
+            token = int(np.argmax(raw_logits))
+            self._record(token)
+            return SampledToken(token)
         logits = raw_logits.astype(np.float32, copy=True)
         if self._bias_ids.size:
             logits[self._bias_ids] += self._bias_values

@@ -36,6 +36,22 @@ def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, *, special: bool) ->
         size = -n
 
 
+def end_of_generation_ids(vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> frozenset[int]:
+    """The tokens llama.cpp ends a generation on (llama_vocab_is_eog), over the whole vocabulary.
+
+    Called through a binding that keeps the GIL (ctypes.PyDLL): through llama-cpp-python's, each of the
+    ~50k-150k calls of this trivial function gives the GIL up and waits to take it back, which costs
+    seconds when another thread runs Python meanwhile (`tandem serve` imports its app while the model
+    loads: measured 48 s against 0.5 s for the whole load beside a busy thread)."""
+    try:
+        is_eog = ctypes.PyDLL(llama_cpp.llama_cpp._lib._name).llama_vocab_is_eog
+    except (AttributeError, OSError):  # another llama-cpp-python layout: the same answer, slower
+        is_eog = llama_cpp.llama_vocab_is_eog
+    else:
+        is_eog.argtypes, is_eog.restype = [ctypes.c_void_p, ctypes.c_int32], ctypes.c_bool
+    return frozenset(t for t in range(n_vocab) if is_eog(vocab, t))
+
+
 class LlamaSession:
     def __init__(
         self, llm: llama_cpp.Llama, path: Path, threads: int, context_length: int | None = None
@@ -46,9 +62,7 @@ class LlamaSession:
         self.threads = threads
         self._vocab = llm._model.vocab
         self._n_vocab = llm.n_vocab()
-        self._eos_ids = frozenset(
-            t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
-        )
+        self._eos_ids = end_of_generation_ids(self._vocab, self._n_vocab)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._piece_cache: dict[int, bytes] = {}
         self._grammars: StructuredCompiler | None = None  # built on the first structured request
@@ -127,6 +141,17 @@ class LlamaSession:
     def token_bytes(self, token: int) -> bytes:
         return self._token_bytes(token)
 
+    def output_bytes(self, token: int, preserved: frozenset[int]) -> bytes:
+        """What a sampled token adds to the output: its piece, or for a special token the request preserves
+        (a tool-call marker its reader parses: backends.tools.markers) its text; other special tokens none."""
+        piece = self._token_bytes(token)
+        if not piece and token in preserved:
+            return self._special_bytes(token)
+        return piece
+
+    def _special_bytes(self, token: int) -> bytes:
+        return token_piece(self._vocab, token, special=True)
+
     def _token_bytes(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)
         if piece is None:
@@ -148,6 +173,6 @@ class LlamaSession:
         """A matcher for `spec` over this model's vocabulary; raises InvalidStructuredOutputError."""
         if self._grammars is None:
             token_bytes = [self._token_bytes(t) for t in range(self._n_vocab)]  # control tokens: b""
-            vocab = Vocabulary(token_bytes, tuple(sorted(self._eos_ids)))
+            vocab = Vocabulary(token_bytes, tuple(sorted(self._eos_ids)), self._special_bytes)
             self._grammars = StructuredCompiler(vocab, max_threads=self.threads)
         return self._grammars.matcher(spec)

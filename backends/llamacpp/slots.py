@@ -6,9 +6,13 @@ A slot is one llama.cpp sequence id. Its `tokens` are exactly the tokens whose K
 prompt starts with them takes that slot and prefills only the rest (turn 2 of a chat). A prefix held by a
 slot still generating is copied (llama_memory_seq_cp shares the cells) into a free slot instead.
 
-Room: a request reserves the most cells it can ever hold (prompt + max_tokens, capped at the context
-length) when it is placed, so a running sequence never runs out and nothing is preempted; a request that
-does not fit waits. Idle slots' tokens are a cache, evicted (least recently used first) when room is needed.
+Room: split KV (the default), each slot has its own cells, as many as the context length: a free slot is
+room enough, and an idle slot's tokens stay until the slot is reused; copying a running slot's prefix
+copies its whole stream (llama.cpp's way), so a prefix too short to be worth that is computed instead
+(MIN_COPIED_TOKENS, or 1/256 of a stream). Unified KV, the slots share one pool:
+a request reserves the most cells it can ever hold (prompt + max_tokens, capped at the context length)
+when it is placed, so a running sequence never runs out and nothing is preempted; a request that does not
+fit waits. Idle slots' tokens are a cache, evicted (least recently used first) when room is needed.
 Copied prefixes are counted in both slots, so the count is an upper bound of the cells llama.cpp uses.
 
 LoRA: KV computed under one adapter set is valid for that set only, so a slot remembers the set its tokens
@@ -56,11 +60,19 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(differs[0]) if differs.size else n
 
 
+MIN_COPIED_TOKENS = 32
+
+
 class SlotPool:
-    def __init__(self, memory: KvMemory, sequences: int, cells: int) -> None:
+    def __init__(self, memory: KvMemory, sequences: int, cells: int, *, shared: bool) -> None:
+        """shared: the slots' cells are one pool (unified KV); else each has cells/sequences of its own,
+        at least any request's need."""
         self._memory = memory
         self.slots = [Slot(i) for i in range(sequences)]
         self.cells = cells
+        self.shared = shared
+        # the shortest prefix copied from a running slot: sharing cells costs nothing, a stream copy does
+        self.min_copied = 1 if shared else max(MIN_COPIED_TOKENS, cells // sequences // 256)
         self._tick = 0
 
     @property
@@ -78,14 +90,14 @@ class SlotPool:
         made ready up to the reused prefix; None when no slot is free or the pool has no room yet (the
         request waits). Only slots of the same adapter set offer a prefix."""
         idle = [s for s in self.slots if not s.busy]
-        reserved = sum(s.reserved for s in self.slots if s.busy)
+        reserved = sum(s.reserved for s in self.slots if s.busy) if self.shared else 0
         if not idle or reserved + need > self.cells:
             return None  # checked before matching prefixes: a waiting request retries this every step
         limit = len(prompt) - 1  # at least one prompt token is computed: its logits start the output
         best_idle, idle_match = self._best(idle, prompt, limit, adapters)
         busy = [s for s in self.slots if s.busy]
         best_busy, busy_match = self._best(busy, prompt, limit, adapters) if busy else (None, 0)
-        if best_busy is not None and busy_match > idle_match:
+        if best_busy is not None and busy_match > idle_match and busy_match >= self.min_copied:
             # a running request holds a longer prefix: copy it into the idle slot least worth keeping
             target = min(idle, key=lambda s: (len(s.tokens) > 0, s.last_used))
             source, reused = best_busy, busy_match
@@ -94,7 +106,8 @@ class SlotPool:
         else:
             target = min(idle, key=lambda s: (len(s.tokens) > 0, s.last_used))
             source, reused = None, 0
-        self._evict_for(reserved + need, target)
+        if self.shared:
+            self._evict_for(reserved + need, target)
         if source is not None:
             self._memory.remove(target.seq_id)
             self._memory.copy(source.seq_id, target.seq_id, reused)

@@ -75,6 +75,7 @@ class PagedStream:
         self.request_id = request.request_id
         self.sink = _Sink(request.request_id, asyncio.get_running_loop(), asyncio.Queue())
         self._assembler = TextAssembler(request.sampling.stop)
+        self._preserved = request.sampling.preserved_token_ids  # special tokens written as their text
         self._finished = False
         # Dropped without being closed: the request is still aborted (the engine holds no reference).
         self._finalizer = weakref.finalize(self, backend._abort, request.request_id)
@@ -125,7 +126,7 @@ class PagedStream:
         for i, token_id in enumerate(out.new_token_ids):
             # An end-of-sequence or stop token ends the output; its own text is not part of it.
             if not (out.finish_reason is FinishReason.STOP and i == last):
-                text.append(assembler.push(tok.token_bytes(token_id)))
+                text.append(assembler.push(tok.output_bytes(token_id, self._preserved)))
         if out.finish_reason is not None:
             text.append(assembler.finish())
         logprobs = None
@@ -139,7 +140,13 @@ class PagedStream:
                 )
                 for token_id, lp in zip(out.new_token_ids, out.logprobs, strict=True)
             ]
-        return GenerationChunk("".join(text), list(out.new_token_ids), out.finish_reason, logprobs)
+        return GenerationChunk(
+            "".join(text),
+            list(out.new_token_ids),
+            out.finish_reason,
+            logprobs,
+            cached_tokens=out.cached_tokens,
+        )
 
 
 def _put_all(batch: list[tuple[_Sink, _Item]]) -> None:

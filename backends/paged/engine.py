@@ -54,6 +54,7 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None
+    cached_tokens: int = 0  # on the first output: the prompt tokens the prefix cache held
 
 
 @dataclass(slots=True)
@@ -220,7 +221,8 @@ class LLMEngine:
         if self._grammars is None:
             assert self.tokenizer is not None  # check_request refuses structured output without one
             token_bytes = [self.tokenizer.token_bytes(t) for t in range(self.vocab_size)]
-            self._grammars = StructuredCompiler(Vocabulary(token_bytes, self.eos_ids))
+            vocab = Vocabulary(token_bytes, self.eos_ids, self.tokenizer.special_bytes)
+            self._grammars = StructuredCompiler(vocab)
         return self._grammars.matcher(spec)
 
     def abort(self, request_id: str) -> int | None:
@@ -304,7 +306,9 @@ class LLMEngine:
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 del self._requests[seq.request_id]
-            outputs.append(RequestOutput(seq.request_id, [token_id], reason, logprobs[row]))
+            cached = seq.num_cached_tokens if seq.num_output_tokens == 1 else 0
+            output = RequestOutput(seq.request_id, [token_id], reason, logprobs[row], cached_tokens=cached)
+            outputs.append(output)
         return outputs
 
     def _fail_request(self, seq: Sequence) -> None:

@@ -181,7 +181,21 @@ def _special_roles(model: str, tokens: list[str], types: list[int], values: GGUF
     for text in _EOG_TEXTS:
         if text in ids:
             types[ids[text]] = CONTROL
+    # llama.cpp's gpt-oss rule: harmony's structure tokens are written as text (user-defined), and where
+    # a turn ends on <|return|> / <|call|> (Solar Open: <|calls|> / <|flush|>), <|end|> ends a message only
+    for text in (*_HARMONY_TEXT, *((_HARMONY_END,) if _harmony_end_is_text(ids) else ())):
+        if text in ids:
+            types[ids[text]] = USER_DEFINED
     return roles
+
+
+_HARMONY_TEXT = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+_HARMONY_END = "<|end|>"
+
+
+def _harmony_end_is_text(ids: dict[str, int]) -> bool:
+    ends = {"<|return|>", "<|call|>"} <= ids.keys() or {"<|calls|>", "<|flush|>"} <= ids.keys()
+    return ends and _HARMONY_END in ids
 
 
 def _added_tokens(vocab: GGUFVocab) -> list[AddedToken]:
@@ -302,8 +316,10 @@ def _token_bytes(vocab: GGUFVocab, size: int) -> list[bytes]:
 
 def _eog_ids(vocab: GGUFVocab) -> tuple[int, ...]:
     by_role = [vocab.roles[role] for role in _EOG_ROLES if role in vocab.roles]
+    ids = {text: i for i, text in enumerate(vocab.tokens)}
+    dropped = (_HARMONY_END,) if _harmony_end_is_text(ids) else ()
     by_text = [i for i, text in enumerate(vocab.tokens) if text in _EOG_TEXTS]
-    return tuple(dict.fromkeys((*by_role, *by_text)))
+    return tuple(dict.fromkeys(i for i in (*by_role, *by_text) if vocab.tokens[i] not in dropped))
 
 
 def tokenizer_from_gguf(path: Path, vocab_size: int) -> Tokenizer:

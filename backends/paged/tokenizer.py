@@ -145,6 +145,19 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         return self._token_bytes[token_id] if 0 <= token_id < len(self._token_bytes) else b""
 
+    def output_bytes(self, token_id: int, preserved: frozenset[int]) -> bytes:
+        """What a generated token adds to the output: its bytes, or for a special token the request
+        preserves (a tool-call marker its reader parses: backends.tools.markers) its text."""
+        piece = self.token_bytes(token_id)
+        if not piece and token_id in preserved:
+            return self.special_bytes(token_id)
+        return piece
+
+    def special_bytes(self, token_id: int) -> bytes:
+        """A special token's text (<|im_end|>), as decode_prompt writes it."""
+        text = self._tok.id_to_token(token_id)
+        return text.encode() if text is not None else b""
+
     def token_text(self, token_id: int) -> str:
         """One token on its own, for logprobs (a partial UTF-8 sequence shows as U+FFFD)."""
         return self.token_bytes(token_id).decode("utf-8", errors="replace")

@@ -111,25 +111,27 @@ def _file_sizes(root: Path) -> dict[str, int] | None:
     return sizes
 
 
-def _stamp_header(arch: str, seed: int) -> dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "arch": arch, "seed": seed}
+def _stamp_header(arch: str, seed: int, markers: bool) -> dict[str, Any]:
+    head: dict[str, Any] = {"generator_version": GENERATOR_VERSION, "arch": arch, "seed": seed}
+    return head | ({"markers": True} if markers else {})
 
 
-def _is_current(out_dir: Path, arch: str, seed: int) -> bool:
+def _is_current(out_dir: Path, arch: str, seed: int, markers: bool) -> bool:
     try:
         stamp = json.loads((out_dir / _STAMP).read_text())
     except (OSError, ValueError):
         return False
-    if {k: stamp.get(k) for k in ("generator_version", "arch", "seed")} != _stamp_header(arch, seed):
+    header, keys = _stamp_header(arch, seed, markers), ("generator_version", "arch", "seed", "markers")
+    if {k: stamp.get(k) for k in keys} != {k: header.get(k) for k in keys}:
         return False
     return stamp.get("files") is not None and stamp.get("files") == _file_sizes(out_dir)
 
 
-def _write_all(out_dir: Path, arch: str, seed: int) -> None:
+def _write_all(out_dir: Path, arch: str, seed: int, markers: bool) -> None:
     from backends.tiny_model.gguf_format import write_gguf
     from backends.tiny_model.hf_format import write_hf_dir
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(markers)
     shapes = TinyShapes(vocab_size=tok.vocab_size)
     weights = make_weights(shapes, tok, arch, seed)
     for stale in out_dir.glob(".tmp-*"):  # left by a crashed run (we hold the lock)
@@ -144,23 +146,26 @@ def _write_all(out_dir: Path, arch: str, seed: int) -> None:
             shutil.rmtree(out_dir / "hf")
         os.replace(tmp / "hf", out_dir / "hf")
         os.replace(tmp / "model.gguf", out_dir / "model.gguf")
-        stamp = _stamp_header(arch, seed) | {"files": _file_sizes(out_dir)}
+        stamp = _stamp_header(arch, seed, markers) | {"files": _file_sizes(out_dir)}
         (tmp / _STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
         os.replace(tmp / _STAMP, out_dir / _STAMP)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> TinyModel:
-    """Create (or reuse) the tiny model of ``arch`` / ``seed`` under ``out_dir``; see module doc."""
+def make_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0, markers: bool = False) -> TinyModel:
+    """Create (or reuse) the tiny model of ``arch`` / ``seed`` under ``out_dir``; see module doc.
+
+    markers: the vocabulary also holds the tool-call formats' marker tokens (tokenizer_files.MARKER_TOKENS)
+    as control tokens, for tests of formats whose calls open with special tokens; a different model."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
-        if not _is_current(out_dir, arch, seed):
-            _write_all(out_dir, arch, seed)
-    tok = build_tokenizer()
+        if not _is_current(out_dir, arch, seed, markers):
+            _write_all(out_dir, arch, seed, markers)
+    tok = build_tokenizer(markers)
     return TinyModel(
         root=out_dir,
         arch=arch,

@@ -9,6 +9,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from backends.tiny_model.tokenizer_files import (
+    HARMONY_CALL,
+    HARMONY_RETURN,
     TinyTokenizer,
     dumps,
     tokenizer_config_json,
@@ -16,6 +18,7 @@ from backends.tiny_model.tokenizer_files import (
 )
 from backends.tiny_model.weights import TinyShapes
 
+_HARMONY_EOS = (HARMONY_RETURN, HARMONY_CALL)
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
@@ -55,7 +58,12 @@ def config_json(shapes: TinyShapes, tok: TinyTokenizer, arch: str) -> dict[str, 
 def generation_config_json(tok: TinyTokenizer) -> dict[str, Any]:
     return {
         "bos_token_id": tok.endoftext_id,
-        "eos_token_id": [tok.im_end_id, tok.endoftext_id],
+        # gpt-oss ends a turn on <|return|> and on <|call|> (its generation_config.json lists both)
+        "eos_token_id": [
+            tok.im_end_id,
+            tok.endoftext_id,
+            *(tok.token_id(t) for t in _HARMONY_EOS if t in tok.tokens),
+        ],
         "pad_token_id": tok.endoftext_id,
         "do_sample": False,
     }

@@ -30,6 +30,14 @@ ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END)
+# The marker tokens of the tool-call formats that open calls with special tokens (gpt-oss's harmony, Llama
+# 3's python tag, Mistral's, Granite's), added after those as control tokens by make_tiny_model(markers=True):
+# a random-weight model that can write them, for tests of the formats end to end.
+HARMONY_RETURN, HARMONY_CALL = "<|return|>", "<|call|>"
+MARKER_TOKENS: tuple[str, ...] = (
+    "<|start|>", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>", HARMONY_RETURN, HARMONY_CALL,
+    "<|python_tag|>", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "<|tool_call|>",
+)  # fmt: skip
 
 QWEN2_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -76,12 +84,14 @@ class TinyTokenizer:
         return range(self.num_normal, self.vocab_size)
 
 
-@lru_cache(maxsize=1)
-def build_tokenizer() -> TinyTokenizer:
-    """Learn the vocabulary from the embedded corpus (pure function of the corpus; ~0.1 s)."""
+@lru_cache(maxsize=2)
+def build_tokenizer(markers: bool = False) -> TinyTokenizer:
+    """Learn the vocabulary from the embedded corpus (pure function of the corpus; ~0.1 s). markers: with
+    MARKER_TOKENS after the ChatML ones."""
     bpe = learn_bpe(CORPUS, NUM_MERGES)
+    specials = (*SPECIAL_TOKENS, *MARKER_TOKENS) if markers else SPECIAL_TOKENS
     return TinyTokenizer(
-        tokens=(*bpe.tokens, *SPECIAL_TOKENS), merges=tuple(bpe.merges), num_normal=len(bpe.tokens)
+        tokens=(*bpe.tokens, *specials), merges=tuple(bpe.merges), num_normal=len(bpe.tokens)
     )
 
 

@@ -103,6 +103,7 @@ class HermesParser(ToolCallParser):
     name = "hermes"
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
     start_markers = (OPEN,)
+    marker_tokens = (OPEN, CLOSE)
     leading_markers = ("{",)
 
     def parse_region(self, region: str, marker: str, final: bool) -> RegionParse:
@@ -127,7 +128,7 @@ class Llama3JsonParser(ToolCallParser):
     are not function calls and stay content."""
 
     name = "llama3_json"
-    start_markers = ("<|python_tag|>",)
+    start_markers = marker_tokens = ("<|python_tag|>",)
     leading_markers = ("{",)
 
     def parse_region(self, region: str, marker: str, final: bool) -> RegionParse:
@@ -141,6 +142,8 @@ class Llama3JsonParser(ToolCallParser):
                 calls.append(call)
             if end is None:
                 return RegionParse(calls)
+            if not self._leading:
+                return RegionParse(calls, end)  # strict's grammar constrains one call per tag: read that one
             position = skip_space(region, end)
             if position >= len(region):
                 return RegionParse(calls, None if not final else position)
@@ -157,6 +160,7 @@ class MistralParser(ToolCallParser):
     name = "mistral"
     start_markers = ("[TOOL_CALLS]",)
     ARGS, CALL_ID = "[ARGS]", "[CALL_ID]"
+    marker_tokens = ("[TOOL_CALLS]", ARGS, CALL_ID)
 
     def parse_region(self, region: str, marker: str, final: bool) -> RegionParse:
         start = skip_space(region, 0)
@@ -194,6 +198,7 @@ class DeepSeekV3Parser(ToolCallParser):
     CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
     CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
     start_markers = (CALLS_BEGIN, CALL_BEGIN)
+    marker_tokens = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEP)
 
     def parse_region(self, region: str, marker: str, final: bool) -> RegionParse:
         calls: list[PartialCall] = []
@@ -258,7 +263,7 @@ class GraniteParser(ToolCallParser):
     """IBM Granite 3.x: `<|tool_call|>[{"name": ..., "arguments": {...}}]`."""
 
     name = "granite"
-    start_markers = ("<|tool_call|>",)
+    start_markers = marker_tokens = ("<|tool_call|>",)
 
     def parse_region(self, region: str, marker: str, final: bool) -> RegionParse:
         return object_array(region, 0, final)

@@ -16,8 +16,10 @@ HarmonySplitter splits the messages as ReasoningParser splits `<think>`, and wri
 content in one canonical form, `<|channel|>commentary to=NAME<|message|>ARGUMENTS<|call|>`, which
 HarmonyParser (the tool-call parser of this format) then reads incrementally like any other format.
 
-The markers are special tokens: they reach this text only where the backend renders special tokens into
-the output. An output that does not open with a header (a model that does not write harmony) is all content.
+The markers are special tokens: they reach this text because the request preserves them wherever its output
+is read as harmony (backends.tools.markers). `<|call|>` and `<|return|>` end gpt-oss's generation and are not
+written: a message open at the end of the output ends there (finish). An output that does not open with a
+header (a model that does not write harmony) is all content.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class HarmonyParser(ToolCallParser):
 
     name = "harmony"
     start_markers = (CALL_OPEN,)
+    marker_tokens = (START, CHANNEL, MESSAGE, CONSTRAIN, END, CALL, RETURN)
 
     def parse_region(self, region: str, marker: str, final: bool) -> RegionParse:
         at = region.find(MESSAGE)

@@ -51,6 +51,9 @@ class ToolCallParser(ABC):
 
     name: ClassVar[str]
     start_markers: ClassVar[tuple[str, ...]] = ()
+    # the marker texts this format's parser reads that a vocabulary may hold as special tokens, whose text
+    # the backend then has to write (backends.tools.markers)
+    marker_tokens: ClassVar[tuple[str, ...]] = ()
     # markers that open a region only at the very start of the output (e.g. a bare JSON object)
     leading_markers: ClassVar[tuple[str, ...]] = ()
     # a format whose generation prompt already opened a region (functionary's '>>>')

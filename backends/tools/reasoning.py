@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+THINK_START, THINK_END = "<think>", "</think>"
+MARKER_TOKENS = (THINK_START, THINK_END)  # where a vocabulary holds them as special tokens (DeepSeek-R1's)
+
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
@@ -26,7 +29,7 @@ class ReasoningParser:
     """`starts_inside`: the generation prompt already opened the reasoning (DeepSeek-R1's template ends
     in `<think>\\n`), so the output begins with reasoning and only the end marker appears."""
 
-    def __init__(self, start: str = "<think>", end: str = "</think>", starts_inside: bool = False) -> None:
+    def __init__(self, start: str = THINK_START, end: str = THINK_END, starts_inside: bool = False) -> None:
         self._start, self._end = start, end
         self._inside = starts_inside
         self._seen_content = False

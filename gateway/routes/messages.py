@@ -150,7 +150,15 @@ class _Output:
 
 
 def _usage(generation: Generation) -> MessageUsage:
-    return MessageUsage(input_tokens=generation.prompt_tokens, output_tokens=generation.completion_tokens)
+    """The prefix cache's hits are cache reads; tandem's cache fills itself, so nothing is billed as a
+    cache write (cache_creation 0)."""
+    cached = generation.cached_tokens
+    return MessageUsage(
+        input_tokens=generation.prompt_tokens - cached,
+        output_tokens=generation.completion_tokens,
+        cache_read_input_tokens=cached,
+        cache_creation_input_tokens=0,
+    )
 
 
 async def _serve(
@@ -186,19 +194,26 @@ async def _consume(request: Request, generation: Generation, output: _Output) ->
 async def _stream(
     generation: Generation, body: MessagesRequest, output: _Output, model_name: str, message_id: str
 ) -> AsyncIterator[str]:
-    async with generation:
+    def opening() -> str:
+        """message_start, sent with the first token: its usage then knows what the prefix cache held."""
         start = Message(id=message_id, content=[], model=model_name, usage=_usage(generation))
-        yield frame(MessageStart(message=start))
-        yield frame(Ping())
-        writer = BlockWriter()
+        return frame(MessageStart(message=start)) + frame(Ping())
+
+    async with generation:
+        writer, opened = BlockWriter(), False
         try:
             async for _, piece in generation.chunks():
+                if not opened:
+                    yield opening()
+                    opened = True
                 for event in writer.feed(output.feed(piece)):
                     yield frame(event)
         except Exception as exc:  # too late for a status code: Anthropic's error event
             error = as_api_error(exc)
-            yield anthropic_error_event(error.status, error.body.message)
+            yield ("" if opened else opening()) + anthropic_error_event(error.status, error.body.message)
             return
+        if not opened:
+            yield opening()
         for event in writer.close():
             yield frame(event)
     yield frame(MessageDelta(delta=output.stop_reason(generation, body), usage=_usage(generation)))

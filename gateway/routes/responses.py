@@ -149,9 +149,7 @@ async def _serve_local(
         return _streaming(turn.stream(_local_pieces(generation, read)))
     async with generation:
         (result,) = await generation.collect(call.request)
-    usage = generation.usage()
-    tokens = (usage.prompt_tokens, usage.completion_tokens)
-    return await turn.whole(Piece(read(result.text, True), result.finish_reason, tokens))
+    return await turn.whole(Piece(read(result.text, True), result.finish_reason, generation.usage()))
 
 
 async def _local_pieces(
@@ -161,8 +159,7 @@ async def _local_pieces(
         async for _, chunk in generation.chunks():
             reason = chunk.finish_reason.value if chunk.finish_reason is not None else None
             yield Piece(read(chunk.text, reason is not None), reason)
-    usage = generation.usage()  # complete once the generation has ended
-    yield Piece([], usage=(usage.prompt_tokens, usage.completion_tokens))
+    yield Piece([], usage=generation.usage())  # complete once the generation has ended
 
 
 async def _serve_remote(
