@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from backends.base import Prompt, StructuredOutput
+from backends.base import Prompt
 from backends.conversation import (
     ContentPart,
     Conversation,
@@ -26,7 +26,6 @@ from backends.conversation import (
     ToolChoiceKind,
     ToolDefinition,
 )
-from backends.structured import InvalidStructuredOutputError, validate
 from gateway.anthropic_protocol import (
     CountTokensRequest,
     ImageBlock,
@@ -44,6 +43,7 @@ from gateway.anthropic_protocol import (
 from gateway.errors import bad_request
 from gateway.generation import chat_prompt
 from gateway.registry import ServedModel
+from gateway.tool_conversation import checked_tool
 
 # Chat templates have no field for a failed call: the model learns it from the result's text.
 TOOL_ERROR_PREFIX = "Error: "
@@ -56,13 +56,8 @@ class MappedRequest:
 
 
 def _tool(tool: ToolParam, index: int) -> ToolDefinition:
-    schema = json.dumps(tool.input_schema)  # no sort_keys: properties are generated in the order given
-    try:
-        validate(StructuredOutput("json_schema", schema))
-    except InvalidStructuredOutputError as exc:
-        raise bad_request(f"Invalid input_schema for tool '{tool.name}': {exc}",
-                          param=f"tools[{index}].input_schema") from None  # fmt: skip
-    return ToolDefinition(tool.name, tool.description, schema, bool(tool.strict))
+    return checked_tool(tool.name, tool.description, tool.input_schema, bool(tool.strict),
+                        param=f"tools[{index}].input_schema", what="input_schema for tool")  # fmt: skip
 
 
 def _tools(body: CountTokensRequest) -> tuple[ToolDefinition, ...]:

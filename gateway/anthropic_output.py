@@ -14,6 +14,7 @@ from gateway.anthropic_protocol import (
     ContentBlockStop,
     ContentOut,
     InputJSONDelta,
+    MessageUsage,
     StopReason,
     StreamEvent,
     TextDelta,
@@ -22,7 +23,17 @@ from gateway.anthropic_protocol import (
     ThinkingOut,
     ToolUseOut,
 )
+from gateway.openai_protocol import Usage
 from gateway.tool_calls import OutputEvent, ReasoningText
+
+
+def message_usage(usage: Usage | None) -> MessageUsage:
+    """OpenAI's usage (a local generation's or an upstream's) as Anthropic counts it: the prefix cache's
+    hits are cache reads, left out of input_tokens; the cache fills itself, so nothing is a cache write."""
+    prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+    cached = usage.cached_tokens if usage is not None else 0
+    return MessageUsage(input_tokens=prompt - cached, output_tokens=completion,
+                        cache_read_input_tokens=cached, cache_creation_input_tokens=0)  # fmt: skip
 
 
 def stop_reason(

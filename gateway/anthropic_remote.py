@@ -19,7 +19,7 @@ from backends.remote.upstream import UpstreamError
 from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
 from gateway.anthropic_conversation import MappedRequest, anthropic_conversation
 from gateway.anthropic_errors import anthropic_error_event
-from gateway.anthropic_output import BlockWriter, content_blocks, frame
+from gateway.anthropic_output import BlockWriter, content_blocks, frame, message_usage
 from gateway.anthropic_protocol import Message as AnthropicMessage
 from gateway.anthropic_protocol import (
     MessageDelta,
@@ -33,7 +33,7 @@ from gateway.anthropic_protocol import (
 )
 from gateway.deps import CallContext
 from gateway.errors import as_api_error, bad_request, upstream_api_error
-from gateway.remote_serving import admit_remote, open_stream, release_stream
+from gateway.remote_serving import admit_remote, open_stream, release_stream, upstream_usage
 from gateway.routing import RemoteModel
 from gateway.streaming import SSE_HEADERS
 from gateway.tool_calls import OutputEvent, ReasoningText
@@ -96,12 +96,7 @@ def _events(delta: dict[str, Any], seen: set[int]) -> list[OutputEvent]:
 
 
 def _usage(data: dict[str, Any]) -> MessageUsage:
-    """The upstream's cached prompt tokens are cache reads, apart from input_tokens (as the local path)."""
-    usage = data.get("usage") or {}
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return MessageUsage(input_tokens=int(usage.get("prompt_tokens") or 0) - cached,
-                        output_tokens=int(usage.get("completion_tokens") or 0),
-                        cache_read_input_tokens=cached, cache_creation_input_tokens=0)  # fmt: skip
+    return message_usage(upstream_usage(data))
 
 
 def _stop(finish: str | None) -> StopDelta:

@@ -75,7 +75,7 @@ class _Response:
     started: bool = False
     ended: bool = False
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    frames: int = 0  # SSE frames sent: a Responses stream numbers its events, the drain's error is next
+    frames: int = 0  # SSE frames a Responses stream sent: they are numbered, the drain's error is next
 
     def content_type(self) -> bytes:
         value = next((v for k, v in self.headers if k.lower() == b"content-type"), b"")
@@ -96,13 +96,15 @@ class DrainMiddleware:
         task = asyncio.current_task()
         assert task is not None
         response = _Response()
+        numbered = scope["path"].startswith(_RESPONSES_PATH)  # only its events carry a sequence number
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response.started = True
                 response.headers = message.get("headers", [])  # read only if the drain ends this response
             elif message["type"] == "http.response.body":
-                response.frames += message.get("body", b"").count(b"\n\n")
+                if numbered:
+                    response.frames += message.get("body", b"").count(b"\n\n")
                 response.ended = not message.get("more_body", False)
             await send(message)
 

@@ -34,7 +34,7 @@ from gateway.ollama_protocol import (
     ToolCallOut,
     timestamp,
 )
-from gateway.remote_serving import admit_remote, open_stream, release_stream
+from gateway.remote_serving import admit_remote, open_stream, release_stream, token_counts, upstream_usage
 from gateway.routing import RemoteModel
 from gateway.upstream_messages import openai_message
 
@@ -148,11 +148,6 @@ def _final(
     return response.model_dump(exclude_none=True) | timings.model_dump()
 
 
-def _usage(data: dict[str, Any]) -> tuple[int, int]:
-    usage = data.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-
-
 async def remote_ollama_chat(
     call: CallContext, remote: RemoteModel, body: ChatRequest, conversation: Conversation, requested: str
 ) -> StreamingResponse | dict:
@@ -182,7 +177,7 @@ async def _serve(
         prompt = completion = 0
         try:
             data = await remote.upstream().chat(requested, payload)
-            prompt, completion = _usage(data)
+            prompt, completion = token_counts(upstream_usage(data))
         finally:
             remote.in_flight -= 1
             await admission.settle(prompt, completion)
@@ -227,5 +222,5 @@ async def _lines(
     except Exception as exc:
         yield json.dumps({"error": str(exc) or "generation failed"}) + "\n"
     finally:
-        prompt, completion = _usage({"usage": usage})
+        prompt, completion = token_counts(upstream_usage({"usage": usage}))
         await release_stream(remote, chunks, admission, prompt, completion)

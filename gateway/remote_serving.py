@@ -14,7 +14,13 @@ from backends.remote.upstream import UpstreamError
 from gateway.auth import Admission
 from gateway.deps import CallContext
 from gateway.errors import upstream_api_error
-from gateway.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    PromptTokensDetails,
+    Usage,
+)
 from gateway.routing import RemoteModel
 from gateway.streaming import SSE_DONE, SSE_HEADERS, stream_error
 
@@ -37,9 +43,21 @@ def _reservation(payload: dict[str, Any]) -> int:
     return prompt + completion * int(payload.get("n") or 1)
 
 
-def _usage(data: dict[str, Any]) -> tuple[int, int]:
-    usage = data.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+def upstream_usage(data: dict[str, Any]) -> Usage | None:
+    """The usage an OpenAI-compatible upstream put in a reply or a chunk (None: none there), its cached
+    prompt tokens included."""
+    usage = data.get("usage")
+    if not usage:
+        return None
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))  # fmt: skip
+
+
+def token_counts(usage: Usage | None) -> tuple[int, int]:
+    """(prompt, completion) tokens, as limits and usage records settle them; (0, 0) when none came."""
+    return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
 
 
 async def open_stream(
@@ -93,7 +111,7 @@ async def _unary(
     prompt = completion = 0
     try:
         data = await getattr(remote.upstream(), method)(requested, payload)
-        prompt, completion = _usage(data)
+        prompt, completion = token_counts(upstream_usage(data))
         return JSONResponse(data)
     finally:
         remote.in_flight -= 1
@@ -111,7 +129,7 @@ async def _streamed(
         try:
             async for chunk in chunks:
                 if chunk.get("usage"):
-                    prompt, completion = _usage(chunk)
+                    prompt, completion = token_counts(upstream_usage(chunk))
                     if not client_wants_usage:
                         if not chunk.get("choices"):
                             continue

@@ -24,7 +24,6 @@ from backends.conversation import (
     ToolChoiceKind,
     ToolDefinition,
 )
-from backends.structured import InvalidStructuredOutputError, validate
 from backends.tool_forced import forced_call_output
 from gateway.errors import bad_request
 from gateway.responses_protocol import (
@@ -40,8 +39,8 @@ from gateway.responses_protocol import (
     TextFormatJSONSchema,
 )
 from gateway.structured_output import checked_structured
+from gateway.tool_conversation import checked_tool
 
-_NO_PARAMETERS = '{"type": "object", "properties": {}}'
 HOSTED_TOOLS_HINT = (
     "tandem serves only 'function' tools; hosted tools (web_search, file_search...) run nowhere"
 )
@@ -62,15 +61,8 @@ def _tools(body: ResponseRequest) -> tuple[ToolDefinition, ...]:
                               param=f"tools[{i}].type", code="unsupported_tool_type")  # fmt: skip
         if any(t.name == tool.name for t in tools):
             raise bad_request(f"Duplicate function name '{tool.name}' in tools.", param=f"tools[{i}].name")
-        schema = _NO_PARAMETERS
-        if tool.parameters is not None:
-            schema = json.dumps(tool.parameters)  # no sort_keys: properties are generated in this order
-            try:
-                validate(StructuredOutput("json_schema", schema))
-            except InvalidStructuredOutputError as exc:
-                raise bad_request(f"Invalid schema for function '{tool.name}': {exc}",
-                                  param=f"tools[{i}].parameters") from None  # fmt: skip
-        tools.append(ToolDefinition(tool.name, tool.description, schema, bool(tool.strict)))
+        tools.append(checked_tool(tool.name, tool.description, tool.parameters, bool(tool.strict),
+                                  param=f"tools[{i}].parameters"))  # fmt: skip
     return tuple(tools)
 
 

@@ -14,8 +14,8 @@ from backends.conversation import Conversation, ToolChoiceKind
 from backends.template_inputs import template_tools
 from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
 from gateway.deps import CallContext
-from gateway.openai_protocol import PromptTokensDetails, Usage
-from gateway.remote_serving import admit_remote, open_stream, release_stream
+from gateway.openai_protocol import Usage
+from gateway.remote_serving import admit_remote, open_stream, release_stream, token_counts, upstream_usage
 from gateway.responses_output import Piece
 from gateway.responses_protocol import ResponseRequest, TextFormatJSONObject, TextFormatJSONSchema
 from gateway.routing import RemoteModel
@@ -71,20 +71,6 @@ class _Calls:
         return events
 
 
-def _usage(data: dict[str, Any]) -> Usage | None:
-    usage = data.get("usage")
-    if not usage:
-        return None
-    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))  # fmt: skip
-
-
-def _settled(usage: Usage | None) -> tuple[int, int]:
-    return (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-
-
 async def remote_whole(
     call: CallContext, remote: RemoteModel, payload: dict[str, Any], requested: str
 ) -> Piece:
@@ -93,10 +79,10 @@ async def remote_whole(
     usage: Usage | None = None
     try:
         data = await remote.upstream().chat(requested, payload)
-        usage = _usage(data)
+        usage = upstream_usage(data)
     finally:
         remote.in_flight -= 1
-        await admission.settle(*_settled(usage))
+        await admission.settle(*token_counts(usage))
     choice = (data.get("choices") or [{}])[0]
     message = dict(choice.get("message") or {})
     # a whole message is one delta whose calls all arrive at once
@@ -114,7 +100,7 @@ async def remote_pieces(
         calls, usage, reason = _Calls(), None, None
         try:
             async for chunk in chunks:
-                usage = _usage(chunk) or usage
+                usage = upstream_usage(chunk) or usage
                 for choice in chunk.get("choices") or []:
                     reason = choice.get("finish_reason") or reason
                     events = calls.events(choice.get("delta") or {})
@@ -122,6 +108,6 @@ async def remote_pieces(
                         yield Piece(events)
             yield Piece([], reason or "stop", usage)
         finally:
-            await release_stream(remote, chunks, admission, *_settled(usage))
+            await release_stream(remote, chunks, admission, *token_counts(usage))
 
     return pieces()

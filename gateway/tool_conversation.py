@@ -33,18 +33,31 @@ from gateway.openai_protocol import ImagePart as OpenAIImagePart
 _NO_PARAMETERS = '{"type": "object", "properties": {}}'
 
 
-def _tool(
-    name: str, description: str | None, parameters: dict[str, Any] | None, strict: bool, index: int
+def checked_tool(
+    name: str,
+    description: str | None,
+    parameters: dict[str, Any] | None,
+    strict: bool,
+    *,
+    param: str,
+    what: str = "schema for function",
 ) -> ToolDefinition:
-    param = f"tools[{index}].function.parameters"
+    """A tool whose parameters are a JSON schema the grammar compiler takes (every protocol's tools: chat,
+    Ollama, Responses, Anthropic); else a 400 naming `param`. No parameters: an object with none."""
     if parameters is None:
         return ToolDefinition(name, description, _NO_PARAMETERS, strict)
     schema = json.dumps(parameters)  # no sort_keys: the properties are generated in the order given
     try:
         validate(StructuredOutput("json_schema", schema))
     except InvalidStructuredOutputError as exc:
-        raise bad_request(f"Invalid schema for function '{name}': {exc}", param=param) from None
+        raise bad_request(f"Invalid {what} '{name}': {exc}", param=param) from None
     return ToolDefinition(name, description, schema, strict)
+
+
+def _tool(
+    name: str, description: str | None, parameters: dict[str, Any] | None, strict: bool, index: int
+) -> ToolDefinition:
+    return checked_tool(name, description, parameters, strict, param=f"tools[{index}].function.parameters")
 
 
 def _check_unique(tools: Sequence[ToolDefinition], param: str) -> None:

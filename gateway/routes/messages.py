@@ -18,7 +18,7 @@ from backends.tool_forced import forced_call_output
 from backends.tools.events import ContentDelta
 from gateway.anthropic_conversation import MappedRequest, anthropic_conversation, anthropic_prompt
 from gateway.anthropic_errors import anthropic_error_event
-from gateway.anthropic_output import BlockWriter, content_blocks, frame, stop_reason
+from gateway.anthropic_output import BlockWriter, content_blocks, frame, message_usage, stop_reason
 from gateway.anthropic_protocol import (
     ContentOut,
     CountTokensRequest,
@@ -150,15 +150,7 @@ class _Output:
 
 
 def _usage(generation: Generation) -> MessageUsage:
-    """The prefix cache's hits are cache reads; tandem's cache fills itself, so nothing is billed as a
-    cache write (cache_creation 0)."""
-    cached = generation.cached_tokens
-    return MessageUsage(
-        input_tokens=generation.prompt_tokens - cached,
-        output_tokens=generation.completion_tokens,
-        cache_read_input_tokens=cached,
-        cache_creation_input_tokens=0,
-    )
+    return message_usage(generation.usage())
 
 
 async def _serve(
