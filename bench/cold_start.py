@@ -1,5 +1,6 @@
 """`python -m bench.cold_start`: from `tandem serve` (as `make serve` runs it, no config file: the built-in
-demo model, already in the cache) to the first streamed token of a chat completion, per profile.
+demo model, already in the cache) to the first streamed token of a chat completion, per profile. With
+--make, from `make serve` itself in this checkout (its config/tandem.yaml: the same demo model).
 
 Each run starts a fresh server process in an empty directory with a free port, sends the chat request as
 soon as the port accepts connections (a model that is not preloaded loads on that first request), and
@@ -18,6 +19,7 @@ import compileall
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +34,7 @@ import httpx
 from bench.environment import describe_environment
 
 QUESTION = {"role": "user", "content": "What is the capital of France?"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one server")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     p.add_argument("--config", type=Path, default=None, help="serve this config file instead of the built-in")
+    p.add_argument("--make", action="store_true", help="start `make serve` in this checkout instead")
     return p.parse_args(argv)
 
 
@@ -56,10 +60,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _first_token(url: str, deadline: float) -> float:
+def _first_token(client: httpx.Client, url: str, deadline: float) -> float:
     """Seconds (perf_counter) when the first content token of a streamed chat arrived."""
     body = {"model": "default", "messages": [QUESTION], "max_tokens": 8, "stream": True}
-    with httpx.stream("POST", url, json=body, timeout=max(deadline - time.perf_counter(), 1)) as reply:
+    timeout = max(deadline - time.perf_counter(), 1)
+    with client.stream("POST", url, json=body, timeout=timeout) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -80,20 +85,25 @@ def cache_bytecode() -> None:
             compileall.compile_dir(directory, quiet=1)
 
 
-def measure(profile: str, timeout: float, config: Path | None = None) -> ColdStart:
+def measure(profile: str, timeout: float, config: Path | None = None, make: bool = False) -> ColdStart:
     command = shutil.which("tandem", path=str(Path(sys.executable).parent))
     argv = [command, "serve"] if command else [sys.executable, "-m", "gateway.cli", "serve"]
+    if make:  # the README's first command, in this checkout: its install check, then tandem serve
+        argv = ["make", "-s", "-C", str(REPO), "serve"]
     if config is not None:
-        argv += ["--config", str(config.resolve())]
+        argv += ["ARGS=--config " + str(config.resolve())] if make else ["--config", str(config.resolve())]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="tandem-cold-") as workdir:
+    # One client, made before the server starts: a new httpx client per poll builds an SSL context
+    # (~50 ms of CPU each), which on a small machine takes a core from the server it is timing.
+    with tempfile.TemporaryDirectory(prefix="tandem-cold-") as workdir, httpx.Client() as client:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
         env |= {"TANDEM_PROFILE": profile, "TANDEM_PORT": str(port), "TANDEM_HOME": f"{workdir}/home",
                 "TANDEM_LOG_LEVEL": "warning"}  # fmt: skip
         log = open(Path(workdir) / "serve.log", "wb")  # noqa: SIM115 (closed below, after the process)
         started = time.perf_counter()
-        process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
         deadline = started + timeout
         try:
             healthy = None
@@ -101,13 +111,13 @@ def measure(profile: str, timeout: float, config: Path | None = None) -> ColdSta
                 if process.poll() is not None or time.perf_counter() > deadline:
                     raise RuntimeError(f"{profile}: the server did not come up:\n{_tail(workdir)}")
                 try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    if client.get(f"{base}/health", timeout=1).status_code == 200:
                         healthy = time.perf_counter()
                 except httpx.TransportError:
-                    time.sleep(0.01)
-            first = _first_token(f"{base}/v1/chat/completions", deadline)
+                    time.sleep(0.005)
+            first = _first_token(client, f"{base}/v1/chat/completions", deadline)
         finally:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)  # the server, and make when it started it
             process.wait(timeout=30)
             log.close()
     return ColdStart(healthy - started, first - started)
@@ -125,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     cache_bytecode()
     results: dict[str, list[ColdStart]] = {}
     for profile in args.profiles:
-        results[profile] = [measure(profile, args.timeout, args.config) for _ in range(args.repeats)]
+        results[profile] = [
+            measure(profile, args.timeout, args.config, args.make) for _ in range(args.repeats)
+        ]
     out = sys.stdout
-    served = "built-in config" if args.config is None else f"--config {args.config}"
-    out.write(f"\ncold start of `tandem serve` ({served}, {model.name} cached), median of {args.repeats}\n\n")
+    how = "make serve" if args.make else "tandem serve"
+    if args.config is not None:
+        served = f"--config {args.config}"
+    else:
+        served = "config/tandem.yaml" if args.make else "built-in config"
+    out.write(f"\ncold start of `{how}` ({served}, {model.name} cached), median of {args.repeats}\n\n")
     out.write(f"{'profile':<10}{'healthy s':>12}{'first token s':>16}   runs (first token s)\n")
     for profile, runs in results.items():
         healthy = statistics.median(r.healthy_s for r in runs)
@@ -139,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "environment": describe_environment(argv, command="python -m bench.cold_start", with_torch=False),
             "model": str(model),
-            "config": "built-in" if args.config is None else str(args.config),
+            "started_by": how,
+            "config": served,
             "results": {profile: [asdict(r) for r in runs] for profile, runs in results.items()},
         }
         args.json.write_text(json.dumps(record, indent=2))

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.openai_protocol import MAX_TOKEN_COUNT
+from gateway.outbound import Outbound
 
 
 class _Request(BaseModel):
@@ -211,18 +212,18 @@ class MessagesRequest(CountTokensRequest):
 # ---- responses -------------------------------------------------------------------------------------------
 
 
-class TextOut(BaseModel):
+class TextOut(Outbound):
     type: Literal["text"] = "text"
     text: str
 
 
-class ThinkingOut(BaseModel):
+class ThinkingOut(Outbound):
     type: Literal["thinking"] = "thinking"
     thinking: str
     signature: str = ""  # tandem signs nothing; an empty signature round-trips
 
 
-class ToolUseOut(BaseModel):
+class ToolUseOut(Outbound):
     type: Literal["tool_use"] = "tool_use"
     id: str
     name: str
@@ -233,7 +234,7 @@ ContentOut = TextOut | ThinkingOut | ToolUseOut
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"]
 
 
-class MessageUsage(BaseModel):
+class MessageUsage(Outbound):
     input_tokens: int  # not counting cache reads, as Anthropic counts
     output_tokens: int
     cache_read_input_tokens: int | None = None  # prompt tokens a prefix cache held (automatic here)
@@ -247,7 +248,7 @@ class MessageUsage(BaseModel):
         )
 
 
-class Message(BaseModel):
+class Message(Outbound):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
@@ -258,66 +259,66 @@ class Message(BaseModel):
     usage: MessageUsage
 
 
-class TokenCount(BaseModel):
+class TokenCount(Outbound):
     input_tokens: int
 
 
 # ---- streamed events -------------------------------------------------------------------------------------
 
 
-class MessageStart(BaseModel):
+class MessageStart(Outbound):
     type: Literal["message_start"] = "message_start"
     message: Message
 
 
-class ContentBlockStart(BaseModel):
+class ContentBlockStart(Outbound):
     type: Literal["content_block_start"] = "content_block_start"
     index: int
     content_block: ContentOut
 
 
-class TextDelta(BaseModel):
+class TextDelta(Outbound):
     type: Literal["text_delta"] = "text_delta"
     text: str
 
 
-class ThinkingDelta(BaseModel):
+class ThinkingDelta(Outbound):
     type: Literal["thinking_delta"] = "thinking_delta"
     thinking: str
 
 
-class InputJSONDelta(BaseModel):
+class InputJSONDelta(Outbound):
     type: Literal["input_json_delta"] = "input_json_delta"
     partial_json: str
 
 
-class ContentBlockDelta(BaseModel):
+class ContentBlockDelta(Outbound):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int
     delta: TextDelta | ThinkingDelta | InputJSONDelta
 
 
-class ContentBlockStop(BaseModel):
+class ContentBlockStop(Outbound):
     type: Literal["content_block_stop"] = "content_block_stop"
     index: int
 
 
-class StopDelta(BaseModel):
+class StopDelta(Outbound):
     stop_reason: StopReason
     stop_sequence: str | None = None
 
 
-class MessageDelta(BaseModel):
+class MessageDelta(Outbound):
     type: Literal["message_delta"] = "message_delta"
     delta: StopDelta
     usage: MessageUsage
 
 
-class MessageStop(BaseModel):
+class MessageStop(Outbound):
     type: Literal["message_stop"] = "message_stop"
 
 
-class Ping(BaseModel):
+class Ping(Outbound):
     type: Literal["ping"] = "ping"
 
 

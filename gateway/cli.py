@@ -1,33 +1,30 @@
-"""The `tandem` command line: the server, its models, and clients of a running tandem."""
+"""The `tandem` command line: the server, its models, and clients of a running tandem.
+
+Only the argument parser is imported up front; each command imports what it runs (`tandem serve` begins
+its model's load as soon as its config is read: gateway.serve).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
-import shutil
 import sys
-from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from backends.base import BackendUnavailableError
 from gateway import cli_chat, cli_create, cli_pull
-from gateway.auth import add_cli_commands
-from gateway.config import ConfigError, Profile, TandemConfig, load_config, require_models, select_profile
-from gateway.model_store import ModelStore
-from gateway.routing import Router
-from gateway.settings import Settings
+from gateway.auth.cli import add_cli_commands
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 logger = logging.getLogger("tandem")
-PRELOAD_SWITCH_INTERVAL_S = 0.0001
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from gateway.settings import Settings
+
     overrides = {
         key: value
         for key in ("config", "profile", "host", "port")
@@ -36,105 +33,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-@dataclass(frozen=True)
-class ActiveConfig:
-    profile_name: str
-    profile: Profile
-    source: str  # where the config came from, for messages
-    config: TandemConfig
-
-
-def _active(settings: Settings) -> ActiveConfig:
-    config, source = load_config(settings.config)
-    name, profile = select_profile(config, source, settings.profile)
-    return ActiveConfig(name, profile, source, config)
-
-
-async def _serve(settings: Settings, active: ActiveConfig) -> None:
-    from gateway.startup import begin_preloads, build_manager
-
-    profile_name, source = active.profile_name, active.source
-    require_models(active.profile, profile_name, source)
-    store = ModelStore(created_models_dir(settings, profile_name))
-    models = build_manager(active.profile, profile_name, settings, source, store)
-    # The preloads run on other threads while the app is imported here (cold start). llama.cpp's load
-    # logs ~3,300 lines through a Python callback, each needing the GIL, which this thread's imports keep
-    # for a whole switch interval (5 ms) before handing it over: a short interval while both run lets the
-    # load go on at its own speed (beside a busy thread: 17 s at 5 ms, 1.0 s at 0.1 ms, 0.5 s alone).
-    switch_interval = sys.getswitchinterval()
-    if begin_preloads(models):
-        sys.setswitchinterval(PRELOAD_SWITCH_INTERVAL_S)
-    from gateway.app import create_app
-    from gateway.auth import open_access
-    from gateway.drain import Drain, DrainingServer, serve_config
-    from gateway.http_protocol import with_header_timeout
-
-    access = await open_access(settings.auth_settings(active.config.auth))
-    app = create_app(settings, models, Router(active.profile, models), store, access)
-    # SIGTERM: stop accepting at once, let what runs finish within TANDEM_DRAIN_S, then end it properly
-    drain = Drain(settings.drain_s)
-    config = serve_config(
-        app, drain, host=settings.host, port=settings.port, log_level=settings.log_level,
-        http=with_header_timeout(settings.header_timeout_s),
-    )  # fmt: skip
-    server = DrainingServer(config, drain)
-    # everything made so far lives as long as the process: keep it out of the collector's full passes,
-    # which otherwise pause the event loop for milliseconds (tail latency). Collected while the preloads
-    # begun above run; frozen once they are done, so that what they made is frozen too.
-    gc.collect()
-    try:
-        await models.start()  # preloads: a model that cannot load fails here, before the server listens
-    except BackendUnavailableError as exc:
-        await models.aclose()
-        await access.aclose()
-        raise ConfigError(source, [("", str(exc))]) from None
-    finally:
-        sys.setswitchinterval(switch_interval)
-    gc.freeze()
-    names = ", ".join(f"{m.spec.name} ({m.spec.backend})" for m in models) or "none"
-    logger.info("profile %r from %s: serving %s", profile_name, source, names)
-    logger.info("OpenAI-compatible endpoint: http://%s:%d/v1", settings.host, settings.port)
-    await server.serve()
-
-
-def created_models_dir(settings: Settings, profile_name: str) -> Path:
-    """Models created through the API belong to the profile they were made in (a llama.cpp model made
-    under dev is not served by prod's paged engine).
-
-    Records from before models were kept per profile lie directly in models/created/: each profile
-    adopts a copy the first time it starts, so nothing made then is lost.
-    """
-    root = settings.resolved_home() / "models" / "created"
-    directory = root / profile_name
-    legacy = sorted(root.glob("*.json"))
-    if legacy and not directory.exists():
-        directory.mkdir(parents=True)
-        for record in legacy:
-            shutil.copy2(record, directory / record.name)
-        logger.info("profile %r adopted %d model(s) created before per-profile storage", profile_name,
-                    len(legacy))  # fmt: skip
-    return directory
-
-
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """uvloop when it is installed: the gateway's per-request CPU cost is mostly event-loop and HTTP work."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    run_event_loop(_serve(settings, _active(settings)))
+    from gateway.serve import serve
+
+    serve(_settings(args))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    active = _active(settings)
+    from gateway.serve import active_config
+
+    active = active_config(_settings(args))
     profile_name, profile, source = active.profile_name, active.profile, active.source
     print(f"profile {profile_name!r} ({source})")
     if not profile.models:
@@ -283,13 +192,27 @@ def main(argv: list[str] | None = None) -> int:
         args.bench_args = unknown  # a benchmark parses its own options
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.handler is cmd_serve:
+        gc.disable()  # until the server is up, from before its first heavy import: gateway.serve.serve
+    try:
+        return _run(args)
+    finally:
+        gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.config import ConfigError
+    from gateway.settings import Settings
+
     try:
         level = Settings().log_level
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file it writes
         # the client commands' own output is the answer; httpx would log every request before it
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        return args.handler(args)
+        return int(args.handler(args))
     except ConfigError as exc:
         print(f"tandem: invalid configuration\n{exc}", file=sys.stderr)
         return 2

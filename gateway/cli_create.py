@@ -9,8 +9,6 @@ import re
 import sys
 from pathlib import Path
 
-from gateway.modelfile import ModelfileError, parse_modelfile
-
 DEFAULT_URL = os.environ.get("TANDEM_URL", "http://127.0.0.1:8000")
 _FROM = re.compile(r"^(\s*FROM\s+)(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -27,7 +25,9 @@ def _absolute_from(text: str, directory: Path) -> str:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    import httpx  # not imported by every `tandem` command
+    import httpx  # neither is imported by every `tandem` command
+
+    from gateway.modelfile import ModelfileError, parse_modelfile
 
     path = Path(args.file)
     try:

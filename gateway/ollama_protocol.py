@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.openai_protocol import INT64_MAX, INT64_MIN, MAX_TOKEN_COUNT
+from gateway.outbound import Outbound
 
 # The Ollama API version tandem implements; clients such as Open WebUI check it.
 OLLAMA_API_VERSION = "0.12.0"
@@ -104,7 +105,7 @@ class ShowRequest(_Lenient):
     verbose: bool = False
 
 
-class Timings(BaseModel):
+class Timings(Outbound):
     total_duration: int  # nanoseconds, as Ollama reports them
     load_duration: int
     prompt_eval_count: int
@@ -113,23 +114,23 @@ class Timings(BaseModel):
     eval_duration: int
 
 
-class FunctionCallOut(BaseModel):
+class FunctionCallOut(Outbound):
     name: str
     arguments: dict[str, Any]
 
 
-class ToolCallOut(BaseModel):
+class ToolCallOut(Outbound):
     function: FunctionCallOut
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(Outbound):
     role: Literal["assistant"] = "assistant"
     content: str
     thinking: str | None = None  # a thinking model's reasoning, apart from its answer
     tool_calls: list[ToolCallOut] | None = None
 
 
-class ChatResponse(BaseModel):
+class ChatResponse(Outbound):
     model: str
     created_at: str
     message: AssistantMessage
@@ -137,7 +138,7 @@ class ChatResponse(BaseModel):
     done_reason: str | None = None
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(Outbound):
     model: str
     created_at: str
     response: str
@@ -146,7 +147,7 @@ class GenerateResponse(BaseModel):
     context: list[int] | None = None
 
 
-class ModelDetails(BaseModel):
+class ModelDetails(Outbound):
     parent_model: str = ""
     format: str
     family: str
@@ -155,7 +156,7 @@ class ModelDetails(BaseModel):
     quantization_level: str
 
 
-class ListedModel(BaseModel):
+class ListedModel(Outbound):
     name: str
     model: str
     modified_at: str
@@ -169,15 +170,15 @@ class RunningModel(ListedModel):
     size_vram: int
 
 
-class TagsResponse(BaseModel):
+class TagsResponse(Outbound):
     models: list[ListedModel]
 
 
-class PsResponse(BaseModel):
+class PsResponse(Outbound):
     models: list[RunningModel]
 
 
-class ShowResponse(BaseModel):
+class ShowResponse(Outbound):
     modelfile: str
     parameters: str
     template: str
@@ -188,7 +189,7 @@ class ShowResponse(BaseModel):
     modified_at: str
 
 
-class VersionResponse(BaseModel):
+class VersionResponse(Outbound):
     version: str
 
 
@@ -201,7 +202,7 @@ class EmbedRequest(_Lenient):
     keep_alive: str | int | float | None = None
 
 
-class EmbedResponse(BaseModel):
+class EmbedResponse(Outbound):
     model: str
     embeddings: list[list[float]]
     total_duration: int
@@ -216,5 +217,5 @@ class LegacyEmbeddingsRequest(_Lenient):
     keep_alive: str | int | float | None = None
 
 
-class LegacyEmbeddingsResponse(BaseModel):
+class LegacyEmbeddingsResponse(Outbound):
     embedding: list[float]

@@ -16,6 +16,7 @@ from pydantic import (
 
 from backends.sampling_options import SamplingOptions
 from gateway.api_error import ErrorBody, ErrorResponse  # noqa: F401 (the envelope, defined apart)
+from gateway.outbound import Outbound
 
 # Fields tandem does not implement: accepted only when null, else 400 naming them.
 UNSUPPORTED_CHAT_FIELDS = (
@@ -203,11 +204,11 @@ class CompletionRequest(_SamplingFields):
 # ---- responses -------------------------------------------------------------------------------------------
 
 
-class PromptTokensDetails(BaseModel):
+class PromptTokensDetails(Outbound):
     cached_tokens: int = 0  # prompt tokens a prefix cache held: not computed again
 
 
-class Usage(BaseModel):
+class Usage(Outbound):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -218,7 +219,7 @@ class Usage(BaseModel):
         return self.prompt_tokens_details.cached_tokens if self.prompt_tokens_details else 0
 
 
-class TopLogprob(BaseModel):
+class TopLogprob(Outbound):
     token: str
     logprob: float
     bytes: list[int] | None
@@ -228,29 +229,29 @@ class ChatTokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
 
 
-class ChatLogprobs(BaseModel):
+class ChatLogprobs(Outbound):
     content: list[ChatTokenLogprob] | None
 
 
-class CompletionLogprobs(BaseModel):
+class CompletionLogprobs(Outbound):
     tokens: list[str]
     token_logprobs: list[float | None]
     top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
-class FunctionCallOut(BaseModel):
+class FunctionCallOut(Outbound):
     name: str
     arguments: str  # JSON text
 
 
-class ToolCallOut(BaseModel):
+class ToolCallOut(Outbound):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCallOut
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(Outbound):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
@@ -258,14 +259,14 @@ class AssistantMessage(BaseModel):
     reasoning_content: str | None = None  # vLLM's field: a thinking model's reasoning, apart from its answer
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(Outbound):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(Outbound):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -275,7 +276,7 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class _WithoutNulls(BaseModel):
+class _WithoutNulls(Outbound):
     """Leaves out unset fields: in a streamed call's later deltas a null `type` or `name` would replace
     what the first delta said (the openai SDK's accumulator assigns `type` as it comes)."""
 
@@ -298,21 +299,21 @@ class ToolCallDelta(_WithoutNulls):
     function: FunctionCallDelta
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(Outbound):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(Outbound):
     index: int
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(Outbound):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -322,14 +323,14 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(Outbound):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
-class Completion(BaseModel):
+class Completion(Outbound):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -339,7 +340,7 @@ class Completion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class ModelCard(BaseModel):
+class ModelCard(Outbound):
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -354,7 +355,7 @@ class ModelCard(BaseModel):
     parent: str | None = None
 
 
-class ModelList(BaseModel):
+class ModelList(Outbound):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
@@ -367,18 +368,18 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
-class Embedding(BaseModel):
+class Embedding(Outbound):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str  # a base64 string of little-endian float32 with encoding_format=base64
 
 
-class EmbeddingUsage(BaseModel):
+class EmbeddingUsage(Outbound):
     prompt_tokens: int
     total_tokens: int
 
 
-class EmbeddingList(BaseModel):
+class EmbeddingList(Outbound):
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str

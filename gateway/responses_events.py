@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
-
+from gateway.outbound import Outbound
 from gateway.responses_objects import OutputItem, OutputText, ResponseObject
 from gateway.responses_protocol import ReasoningContent
 
 
-class StreamEvent(BaseModel):
+class StreamEvent(Outbound):
     type: str
     sequence_number: int = 0  # set as it is sent
 

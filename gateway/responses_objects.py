@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from gateway.outbound import Outbound
 from gateway.responses_protocol import (
     FunctionTool,
     FunctionToolChoice,
@@ -19,14 +20,14 @@ from gateway.responses_protocol import (
 )
 
 
-class OutputText(BaseModel):
+class OutputText(Outbound):
     type: Literal["output_text"] = "output_text"
     text: str = ""
     annotations: list[dict[str, Any]] = Field(default_factory=list)
     logprobs: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class OutputMessage(BaseModel):
+class OutputMessage(Outbound):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
@@ -34,7 +35,7 @@ class OutputMessage(BaseModel):
     content: list[OutputText] = Field(default_factory=list)
 
 
-class OutputFunctionCall(BaseModel):
+class OutputFunctionCall(Outbound):
     id: str
     type: Literal["function_call"] = "function_call"
     status: ItemStatus = "in_progress"
@@ -43,7 +44,7 @@ class OutputFunctionCall(BaseModel):
     arguments: str = ""
 
 
-class OutputReasoning(BaseModel):
+class OutputReasoning(Outbound):
     id: str
     type: Literal["reasoning"] = "reasoning"
     status: ItemStatus = "in_progress"
@@ -54,15 +55,15 @@ class OutputReasoning(BaseModel):
 OutputItem = OutputMessage | OutputFunctionCall | OutputReasoning
 
 
-class InputTokensDetails(BaseModel):
+class InputTokensDetails(Outbound):
     cached_tokens: int = 0
 
 
-class OutputTokensDetails(BaseModel):
+class OutputTokensDetails(Outbound):
     reasoning_tokens: int = 0
 
 
-class ResponseUsage(BaseModel):
+class ResponseUsage(Outbound):
     input_tokens: int
     input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
     output_tokens: int
@@ -70,16 +71,16 @@ class ResponseUsage(BaseModel):
     total_tokens: int
 
 
-class IncompleteDetails(BaseModel):
+class IncompleteDetails(Outbound):
     reason: Literal["max_output_tokens", "content_filter"]
 
 
-class ResponseError(BaseModel):
+class ResponseError(Outbound):
     code: str
     message: str
 
 
-class ResponseObject(BaseModel):
+class ResponseObject(Outbound):
     id: str
     object: Literal["response"] = "response"
     created_at: int
@@ -113,13 +114,13 @@ class ResponseObject(BaseModel):
         )
 
 
-class DeletedResponse(BaseModel):
+class DeletedResponse(Outbound):
     id: str
     object: Literal["response"] = "response"  # as OpenAI answers a deletion
     deleted: bool = True
 
 
-class InputItemList(BaseModel):
+class InputItemList(Outbound):
     object: Literal["list"] = "list"
     data: list[dict[str, Any]]
     first_id: str | None

@@ -41,7 +41,7 @@ def test_a_preloaded_llama_cpp_model_is_checked_by_its_load_alone(tiny_llama, tm
 
 def test_the_command_line_and_the_model_manager_import_no_fastapi():
     """`tandem serve` builds its models and begins their loads before it imports the request path
-    (gateway.cli._serve): FastAPI and the protocol modules, ~0.5-1 s, then overlap the load instead of
+    (gateway.serve._serve): FastAPI and the protocol modules, ~0.5-1 s, then overlap the load instead of
     preceding it. gateway.auth's names load on first use, APIError lives apart from the handlers."""
     code = (
         "import sys; import gateway.cli, gateway.startup, gateway.registry; "
@@ -49,4 +49,23 @@ def test_the_command_line_and_the_model_manager_import_no_fastapi():
         "or m in ('gateway.openai_protocol', 'gateway.errors', 'gateway.auth.access')); "
         "assert not bad, bad"
     )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_the_command_line_parses_before_it_imports_pydantic_or_llama_cpp():
+    """`tandem serve` reads its config and begins its model's load before anything else heavy: the parser
+    imports no pydantic, YAML, FastAPI or llama.cpp, so the collector can be off from its first heavy
+    import (gateway.cli.main) and the load begins sooner."""
+    code = (
+        "import sys; import gateway.cli; gateway.cli.build_parser(); "
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'pydantic', 'yaml', 'fastapi', 'llama_cpp', 'numpy', 'gguf', 'httpx'}); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_the_llama_cpp_backend_loads_a_model_without_the_gguf_reader():
+    """The gguf package (and its own numpy-heavy imports) is for checking LoRA adapters, when one loads."""
+    code = "import sys; import backends.llamacpp.backend; assert 'gguf' not in sys.modules, 'gguf imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -5,8 +5,13 @@ idle after keep_alive like a model a request used. Real llama.cpp on the tiny mo
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -183,3 +188,41 @@ def test_a_preload_that_fails_stops_serve_with_the_error_a_request_would_get(unl
         config = {"profile": "dev", "profiles": {"dev": {"models": [{**entry, "preload": True}]}}}
         start_server(config, tmp_path / "preload")
     assert "exited with 2" in str(caught.value) and message in str(caught.value)
+
+
+def test_serve_starts_without_collecting_and_listens_with_the_collector_on(tiny_llama, tmp_path):
+    """The collector is off from the command line's first heavy import until the server listens
+    (gateway.serve), then on, with what start-up made frozen (out of its full passes)."""
+    config = tmp_path / "tandem.yaml"
+    entry = {"name": "tiny", "backend": "llamacpp", "path": str(tiny_llama.gguf_path), "preload": True}
+    config.write_text(json.dumps({"profile": "dev", "profiles": {"dev": {"models": [entry]}}}))
+    code = (
+        "import gc, json; import gateway.drain as drain; seen = {}\n"
+        "async def listen(self, *args, **kwargs):\n"
+        "    seen.update(on=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+        "drain.DrainingServer.serve = listen\n"
+        "original = drain.serve_config\n"
+        "def config(*args, **kwargs): seen.update(while_starting=gc.isenabled()); "
+        "return original(*args, **kwargs)\n"
+        "drain.serve_config = config\n"
+        "from gateway.cli import main\n"
+        f"status = main(['serve', '--config', {str(config)!r}])\n"
+        "print(json.dumps({**seen, 'status': status, 'after': gc.isenabled()}))"
+    )
+    env = {**os.environ, "TANDEM_HOME": str(tmp_path / "home"), "TANDEM_PORT": "1"}
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=True)
+    seen = json.loads(result.stdout.strip().rsplit("\n", 1)[-1])
+    assert seen["status"] == 0 and not seen["while_starting"] and seen["on"] and seen["after"]
+    frozen = seen["frozen"]
+    assert frozen > 10_000  # the app, the models and their modules
+
+
+def test_a_serve_that_fails_to_start_leaves_the_collector_on(unloadable, tmp_path):
+    from gateway.cli import main
+
+    config = tmp_path / "tandem.yaml"
+    entry = {"name": "tiny", "backend": "llamacpp", "path": str(unloadable), "preload": True}
+    config.write_text(json.dumps({"profile": "dev", "profiles": {"dev": {"models": [entry]}}}))
+    assert main(["serve", "--config", str(config)]) == 2
+    assert gc.isenabled()

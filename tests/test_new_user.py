@@ -13,9 +13,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway.cli import build_parser, created_models_dir
+from gateway.cli import build_parser
 from gateway.config import ModelSpec
 from gateway.model_store import ModelStore
+from gateway.serve import created_models_dir
 from gateway.settings import Settings
 from tests.conftest import model_entry, start_server
 

@@ -84,3 +84,12 @@ def test_headers_sent_in_pieces_within_the_deadline_are_served(slow_server):
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     finally:
         sock.close()
+
+
+def test_a_websocket_upgrade_is_answered_as_plain_http(slow_server):
+    """tandem has no WebSocket route and runs uvicorn without a WebSocket protocol (gateway.drain)."""
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    reply = httpx.get(f"{slow_server.base_url}/health", headers=upgrade, timeout=10)
+    assert reply.status_code == 200 and reply.json()["status"] == "ok"
+    assert "upgrade" not in reply.headers.get("connection", "").lower()

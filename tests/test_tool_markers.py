@@ -28,7 +28,7 @@ from backends.tools.markers import markers_read
 from backends.tools.strict import auto_call_output
 from gateway.tool_calls import read_all, tool_plan
 from tests.conftest import SERVED_PROFILES, model_entry, start_server
-from tests.real_assets import templates_dir, vocab_only_llama, vocab_path
+from tests.real_assets import templates_dir, vocab_path
 
 WEATHER = {
     "type": "object",
@@ -82,7 +82,7 @@ def tiny_tokenizer(tiny_markers):
 def tiny_session(tiny_markers):
     from backends.llamacpp.session import LlamaSession
 
-    session = LlamaSession(vocab_only_llama(tiny_markers.gguf_path), tiny_markers.gguf_path, 1)
+    session = LlamaSession.open(tiny_markers.gguf_path, context_length=None, threads=1, vocab_only=True)
     yield session
     session.close()
 
@@ -99,7 +99,7 @@ def test_a_marker_that_is_plain_text_in_a_real_vocabulary_is_not_preserved():
     from backends.paged.gguf_tokenizer import tokenizer_from_gguf
 
     path = vocab_path("llama-bpe")
-    session = LlamaSession(vocab_only_llama(path), path, 1)
+    session = LlamaSession.open(path, context_length=None, threads=1, vocab_only=True)
     try:
         paged = tokenizer_from_gguf(path, session.vocab_size)
         for tokenize in (lambda t: session.tokenize(t, add_special_tokens=False),

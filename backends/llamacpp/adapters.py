@@ -19,11 +19,14 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gguf
 import llama_cpp
 
 from backends.base import BackendError
+
+if TYPE_CHECKING:
+    import gguf  # imported where an adapter is checked: `tandem serve` loads a model without it (~30 ms)
 
 AdapterSet = tuple[str, ...]  # adapter names in a canonical (sorted) order; () is the base model alone
 BASE: AdapterSet = ()
@@ -44,6 +47,8 @@ class LoraFileInfo:
 
 
 def _field_text(reader: gguf.GGUFReader, key: str) -> str | None:
+    import gguf
+
     field = reader.fields.get(key)
     if field is None or not field.types or field.types[0] != gguf.GGUFValueType.STRING:
         return None
@@ -58,6 +63,8 @@ def _field_float(reader: gguf.GGUFReader, key: str) -> float | None:
 
 
 def _read(path: Path, what: str) -> gguf.GGUFReader:
+    import gguf
+
     try:
         return gguf.GGUFReader(str(path))
     except Exception as exc:  # the reader fails in many ways on a file that is not a GGUF
@@ -73,6 +80,8 @@ def check_lora_gguf(path: Path, base_path: Path) -> LoraFileInfo:
     if kind != "adapter":
         hint = " (a model, not an adapter)" if kind == "model" else ""
         raise AdapterLoadError(f"{path} is not a LoRA adapter: general.type is {kind!r}{hint}")
+    import gguf
+
     adapter_type = _field_text(lora, gguf.Keys.Adapter.TYPE)
     if adapter_type != "lora":
         raise AdapterLoadError(f"{path}: adapter.type is {adapter_type!r}, only 'lora' is supported")

@@ -34,8 +34,7 @@ class SequenceSampler:
         self, params: SamplingParams, prompt_ids: Iterable[int], vocab_size: int, eos_ids: Iterable[int]
     ) -> None:
         self.params = params
-        # any int: numpy takes no negative seed, OpenAI and vLLM accept any int64 (mod 2^64, as torch does)
-        self._rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
+        self._rng: np.random.Generator | None = None  # made at the first random draw: greedy needs none
         self._vocab_size = vocab_size
         self._seen = np.zeros(vocab_size, dtype=bool)  # prompt + output, for the repetition penalty
         ids = np.fromiter((t for t in prompt_ids if 0 <= t < vocab_size), dtype=np.int64)
@@ -130,4 +129,7 @@ class SequenceSampler:
         if p.min_p > 0.0:
             probs[probs < p.min_p * probs.max()] = 0.0
         probs /= probs.sum()
+        if self._rng is None:  # (the first request also imports numpy.random: ~15 ms)
+            # any int: numpy takes no negative seed, OpenAI and vLLM accept any int64 (mod 2^64, as torch)
+            self._rng = np.random.default_rng(None if p.seed is None else p.seed % 2**64)
         return int(self._rng.choice(probs.size, p=probs))

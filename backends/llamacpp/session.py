@@ -1,7 +1,10 @@
 """A GGUF model on llama.cpp and its vocabulary: tokenizing, token bytes and texts, grammars, logprobs.
 
-The sequences themselves run in the batching engine's own context (backends.llamacpp.engine); the Llama
-object here keeps only a minimal context of its own (llama-cpp-python always creates one).
+The model is loaded through llama.cpp's own API (llama_model_load_from_file), not llama-cpp-python's Llama:
+the sequences run in the batching engine's context (backends.llamacpp.engine), and a Llama would add a
+context of its own that nothing runs on, compile the file's chat template with Jinja for a chat handler
+tandem never calls (tandem renders templates itself), and print the whole metadata to stderr — ~50 ms of
+Python on a load that `tandem serve` overlaps with its own start-up (cold start).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from backends.llamacpp.sampler import SampledToken
 from backends.structured import GrammarMatcher, StructuredCompiler, Vocabulary
 
 _PIECE_BUFFER = 64  # most pieces fit; a longer one says how long it is and is fetched again
-_OWN_CONTEXT = 64  # cells of the Llama's own context, which nothing runs on (the engine has its own)
 
 
 def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, *, special: bool) -> bytes:
@@ -52,45 +54,80 @@ def end_of_generation_ids(vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> froze
     return frozenset(t for t in range(n_vocab) if is_eog(vocab, t))
 
 
+class ModelLoadError(ValueError):
+    """llama.cpp could not load the file (its log says why: tandem.llamacpp.native)."""
+
+
+def load_model(path: Path, *, vocab_only: bool = False) -> llama_cpp.llama_model_p:
+    """The model's weights (memory-mapped) and vocabulary, on the CPU; or its vocabulary alone."""
+    if not path.exists():
+        raise ModelLoadError(f"Model path does not exist: {path}")
+    llama_cpp.llama_backend_init()  # once per process is enough; repeating it is harmless
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.vocab_only = vocab_only
+    model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
+    if not model:
+        raise ModelLoadError(f"Failed to load model from file: {path}")
+    return model
+
+
+def _meta_text(model: llama_cpp.llama_model_p, key: str) -> str | None:
+    """A metadata string of the GGUF (llama_model_meta_val_str returns its full length, like snprintf)."""
+    size = 256
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.raw[:n].decode("utf-8", errors="replace")
+        size = n + 1
+
+
 class LlamaSession:
     def __init__(
-        self, llm: llama_cpp.Llama, path: Path, threads: int, context_length: int | None = None
+        self, model: llama_cpp.llama_model_p, path: Path, threads: int, context_length: int | None = None
     ) -> None:
-        self._llm = llm
+        self._model: llama_cpp.llama_model_p | None = model
         self._context_length = context_length  # None: the model's trained context
         self.path = path
         self.threads = threads
-        self._vocab = llm._model.vocab
-        self._n_vocab = llm.n_vocab()
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        if not vocab:
+            raise ModelLoadError(f"Failed to get vocab from model: {path}")
+        self._vocab = vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self._chat_template = _meta_text(model, "tokenizer.chat_template")
         self._eos_ids = end_of_generation_ids(self._vocab, self._n_vocab)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._piece_cache: dict[int, bytes] = {}
         self._grammars: StructuredCompiler | None = None  # built on the first structured request
 
     @classmethod
-    def open(cls, path: Path, *, context_length: int | None, threads: int) -> LlamaSession:
+    def open(
+        cls, path: Path, *, context_length: int | None, threads: int, vocab_only: bool = False
+    ) -> LlamaSession:
+        """vocab_only: the file's vocabulary alone (tokenizing, token bytes), no weights to run."""
         route_native_logs()
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=_OWN_CONTEXT,
-            n_batch=_OWN_CONTEXT,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=True,  # verbose=False swaps fds 1 and 2 under other threads' feet: see native_log
-            # tandem renders chat templates itself; naming a format skips llama-cpp-python's guess, which
-            # would print the whole template to stderr on every load (verbose)
-            chat_format="chatml",
-        )
-        return cls(llm, path, threads, context_length)
+        model = load_model(path, vocab_only=vocab_only)
+        try:
+            return cls(model, path, threads, context_length)
+        except BaseException:
+            llama_cpp.llama_model_free(model)
+            raise
 
     @property
     def context_length(self) -> int:
         """The most tokens (prompt and output) one sequence may hold."""
-        return self._context_length or self._llm._model.n_ctx_train()
+        return self._context_length or self._n_ctx_train
 
     @property
     def model(self) -> llama_cpp.llama_model_p:
-        return self._llm._model.model
+        if self._model is None:
+            raise RuntimeError("the model is closed")
+        return self._model
 
     @property
     def eos_ids(self) -> frozenset[int]:
@@ -103,7 +140,7 @@ class LlamaSession:
 
     @property
     def chat_template_source(self) -> str | None:
-        return self._llm.metadata.get("tokenizer.chat_template")
+        return self._chat_template
 
     def _special_text(self, token: int) -> str:
         if token < 0:
@@ -112,16 +149,27 @@ class LlamaSession:
 
     @property
     def bos_text(self) -> str:
-        return self._special_text(self._llm.token_bos())
+        return self._special_text(llama_cpp.llama_vocab_bos(self._vocab))
 
     @property
     def eos_text(self) -> str:
-        return self._special_text(self._llm.token_eos())
+        return self._special_text(llama_cpp.llama_vocab_eos(self._vocab))
 
     def tokenize(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        return self._llm.tokenize(
-            text.encode("utf-8"), add_bos=add_special_tokens and self._add_bos, special=True
-        )
+        """llama.cpp's tokens for `text`, control tokens' text parsed as those tokens (special). Room for
+        one token per byte and two more (bos, eos) fits nearly every text; llama_tokenize returns minus the
+        room it needs otherwise."""
+        data = text.encode("utf-8")
+        add_bos = add_special_tokens and self._add_bos
+        size = len(data) + 2
+        while True:
+            tokens = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, size, add_bos, True)
+            if n >= 0:
+                return list(tokens[:n])
+            if -n <= size:
+                raise RuntimeError(f"llama.cpp could not tokenize the text ({n})")
+            size = -n
 
     def detokenize(self, token_ids: list[int]) -> str:
         """llama.cpp's inverse of tokenize, control tokens' text included (not Llama.detokenize: it drops
@@ -136,7 +184,10 @@ class LlamaSession:
             size = -n
 
     def close(self) -> None:
-        self._llm.close()
+        """Free the model (after every context on it: the engine's, the embedder's); idempotent."""
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
 
     def token_bytes(self, token: int) -> bytes:
         return self._token_bytes(token)

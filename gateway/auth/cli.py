@@ -11,17 +11,19 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.auth.keys import key_id_of
-from gateway.auth.records import Limits
-from gateway.auth.schemas import KeyCreate, KeyCreated, KeyInfo, KeyList, TeamInfo, TeamList, UsageReport
+
+if TYPE_CHECKING:  # the handlers import them when they run: `tandem serve` parses its command line first
+    from pydantic import BaseModel
+
+    from gateway.auth.records import Limits
+    from gateway.auth.schemas import KeyInfo, TeamInfo
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 10.0
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 class AdminError(Exception):
@@ -65,6 +67,8 @@ def _limits_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    from gateway.auth.schemas import KeyCreate, KeyCreated
+
     models = [glob.strip() for glob in (args.models or "").split(",") if glob.strip()]
     body = KeyCreate(
         name=args.name, team=args.team, models=models, expires_in=args.expires,
@@ -111,6 +115,8 @@ def _print_keys(keys: Sequence[KeyInfo]) -> None:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    from gateway.auth.schemas import KeyList
+
     keys = _call(args, "GET", "/admin/keys", KeyList)
     if args.json:
         print(keys.model_dump_json(indent=2))
@@ -122,6 +128,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from gateway.auth.schemas import KeyInfo
+
     # only the id goes over the wire: URL paths end up in access logs, keys must not
     key = _call(args, "DELETE", f"/admin/keys/{key_id_of(args.key) or args.key}", KeyInfo)
     print(f"revoked key {key.id} ({key.name})")
@@ -135,6 +143,9 @@ def _print_teams(teams: Sequence[TeamInfo]) -> None:
 
 
 def cmd_teams_set(args: argparse.Namespace) -> int:
+    from gateway.auth.records import Limits
+    from gateway.auth.schemas import TeamInfo
+
     team = _call(
         args, "PUT", f"/admin/teams/{args.team}", TeamInfo, json=Limits(**_limits_from(args)).model_dump()
     )
@@ -143,6 +154,8 @@ def cmd_teams_set(args: argparse.Namespace) -> int:
 
 
 def cmd_teams_show(args: argparse.Namespace) -> int:
+    from gateway.auth.schemas import TeamInfo, TeamList
+
     if args.team:
         _print_teams([_call(args, "GET", f"/admin/teams/{args.team}", TeamInfo)])
     else:
@@ -155,6 +168,8 @@ def cmd_teams_show(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from gateway.auth.schemas import UsageReport
+
     params = {name: value for name in ("key", "team", "since", "until") if (value := getattr(args, name))}
     report = _call(args, "GET", "/admin/usage", UsageReport, params=params)
     if args.json:
@@ -184,6 +199,8 @@ def _reporting(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
+        from pydantic import ValidationError
+
         try:
             return handler(args)
         except AdminError as exc:
