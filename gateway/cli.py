@@ -19,8 +19,6 @@ from gateway.auth.cli import add_cli_commands
 if TYPE_CHECKING:
     from gateway.settings import Settings
 
-logger = logging.getLogger("tandem")
-
 
 def _settings(args: argparse.Namespace) -> Settings:
     from gateway.settings import Settings

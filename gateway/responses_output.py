@@ -40,6 +40,7 @@ class Piece:
     events: list[OutputEvent]
     finish_reason: str | None = None
     usage: Usage | None = None
+    reasoning_tokens: int = 0  # of usage's completion tokens (gateway.reasoning_tokens), on the last piece
 
 
 def item_id(prefix: str) -> str:

@@ -16,6 +16,7 @@ from gateway.responses_events import ErrorEvent, EventSequence, ResponseLifecycl
 from gateway.responses_objects import (
     IncompleteDetails,
     InputTokensDetails,
+    OutputTokensDetails,
     ResponseError,
     ResponseObject,
     ResponseUsage,
@@ -55,7 +56,11 @@ class Turn:
     history: list[InputItem]  # what previous_response_id brought in
 
     def finished(
-        self, builder: OutputBuilder, finish_reason: str | None, usage: Usage | None
+        self,
+        builder: OutputBuilder,
+        finish_reason: str | None,
+        usage: Usage | None,
+        reasoning_tokens: int = 0,
     ) -> ResponseObject:
         final = self.draft.model_copy(deep=True)
         final.output = builder.items
@@ -64,6 +69,7 @@ class Turn:
             input_tokens=usage.prompt_tokens,
             input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_tokens),
             output_tokens=usage.completion_tokens,
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
             total_tokens=usage.prompt_tokens + usage.completion_tokens,
         )
         if finish_reason == "length":
@@ -90,7 +96,7 @@ class Turn:
         builder = OutputBuilder()
         builder.feed(piece.events)
         builder.finish(_item_status(piece.finish_reason))
-        final = self.finished(builder, piece.finish_reason, piece.usage)
+        final = self.finished(builder, piece.finish_reason, piece.usage, piece.reasoning_tokens)
         await self.keep(final)
         return final
 
@@ -100,6 +106,7 @@ class Turn:
         sequence, builder = EventSequence(), OutputBuilder()
         finish_reason: str | None = None
         usage: Usage | None = None
+        reasoning_tokens = 0
         yield sequence.frame(ResponseLifecycle(type="response.created", response=self.draft))
         yield sequence.frame(ResponseLifecycle(type="response.in_progress", response=self.draft))
         try:
@@ -111,6 +118,7 @@ class Turn:
                         yield sequence.frames(out)
                     finish_reason = piece.finish_reason or finish_reason
                     usage = piece.usage or usage
+                    reasoning_tokens = piece.reasoning_tokens or reasoning_tokens
         except Exception as exc:  # too late for a status code: the error goes in the stream
             error = as_api_error(exc).body
             code = error.code or error.type
@@ -120,7 +128,7 @@ class Turn:
             yield sequence.frame(ResponseLifecycle(type="response.failed", response=failed))
             return
         yield sequence.frames(builder.finish(_item_status(finish_reason)))
-        final = self.finished(builder, finish_reason, usage)
+        final = self.finished(builder, finish_reason, usage, reasoning_tokens)
         try:
             await self.keep(final)
         except APIError as exc:  # the response is whole; only storing it failed

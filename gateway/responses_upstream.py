@@ -71,6 +71,12 @@ class _Calls:
         return events
 
 
+def upstream_reasoning_tokens(data: dict[str, Any]) -> int:
+    """The reasoning tokens an OpenAI-compatible upstream counted in its completion tokens (0: none said)."""
+    details = (data.get("usage") or {}).get("completion_tokens_details") or {}
+    return int(details.get("reasoning_tokens") or 0)
+
+
 async def remote_whole(
     call: CallContext, remote: RemoteModel, payload: dict[str, Any], requested: str
 ) -> Piece:
@@ -87,7 +93,8 @@ async def remote_whole(
     message = dict(choice.get("message") or {})
     # a whole message is one delta whose calls all arrive at once
     message["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message.get("tool_calls") or [])]
-    return Piece(_Calls().events(message), choice.get("finish_reason") or "stop", usage)
+    reason = choice.get("finish_reason") or "stop"
+    return Piece(_Calls().events(message), reason, usage, upstream_reasoning_tokens(data))
 
 
 async def remote_pieces(
@@ -97,16 +104,17 @@ async def remote_pieces(
     admission, chunks = await open_stream(call, remote, payload, requested)
 
     async def pieces() -> AsyncIterator[Piece]:
-        calls, usage, reason = _Calls(), None, None
+        calls, usage, reason, reasoning_tokens = _Calls(), None, None, 0
         try:
             async for chunk in chunks:
                 usage = upstream_usage(chunk) or usage
+                reasoning_tokens = upstream_reasoning_tokens(chunk) or reasoning_tokens
                 for choice in chunk.get("choices") or []:
                     reason = choice.get("finish_reason") or reason
                     events = calls.events(choice.get("delta") or {})
                     if events:
                         yield Piece(events)
-            yield Piece([], reason or "stop", usage)
+            yield Piece([], reason or "stop", usage, reasoning_tokens)
         finally:
             await release_stream(remote, chunks, admission, *token_counts(usage))
 

@@ -286,9 +286,14 @@ def test_reasoning_is_a_reasoning_item_and_effort_is_the_thinking_switch(thinkin
     (item,) = thinking.output
     assert item.type == "reasoning" and item.id.startswith("rs_") and item.content[0].text
     assert thinking.reasoning.effort == "high" and thinking.output_text == ""
+    # every output token is reasoning: the random model never closes it
+    assert thinking.usage.output_tokens_details.reasoning_tokens == thinking.usage.output_tokens == 8
     with client.responses.stream(model="tiny", input="Hi", max_output_tokens=8, temperature=0) as stream:
-        deltas = [e.delta for e in stream if e.type == "response.reasoning_text.delta"]
+        events = list(stream)
+    deltas = [e.delta for e in events if e.type == "response.reasoning_text.delta"]
     assert "".join(deltas) == item.content[0].text
+    (streamed,) = [e.response for e in events if e.type == "response.incomplete"]  # at max_output_tokens
+    assert streamed.usage.output_tokens_details.reasoning_tokens == 8
     off = client.responses.create(
         model="tiny",
         input="Hi",
@@ -298,6 +303,7 @@ def test_reasoning_is_a_reasoning_item_and_effort_is_the_thinking_switch(thinkin
         include=["reasoning.encrypted_content"],  # as Codex asks: the reasoning is in the item's content
     )
     assert [i.type for i in off.output] == ["message"] and off.output_text
+    assert off.usage.output_tokens_details.reasoning_tokens == 0
     # the reasoning goes back in with the conversation it belongs to
     after = client.responses.create(
         model="tiny", input="More", previous_response_id=thinking.id, max_output_tokens=1

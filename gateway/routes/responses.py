@@ -9,13 +9,13 @@ written out as Responses items (gateway.responses_output).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from backends.base import StructuredOutput
+from backends.base import GenerationChunk, StructuredOutput
 from backends.conversation import Conversation
 from backends.sampling_options import SamplingOptions
 from backends.tools.events import ContentDelta
@@ -23,6 +23,7 @@ from gateway.deps import CallContext, CallDep, PrincipalDep
 from gateway.dispatch import dispatch
 from gateway.errors import APIError, bad_request
 from gateway.generation import OPENAI_DEFAULTS, PreparedGeneration, chat_prompt, prepare_tokens
+from gateway.reasoning_tokens import ReasoningTokens
 from gateway.registry import ManagedModel, ServedModel
 from gateway.response_store import ResponseStore, get_response_store, namespace
 from gateway.responses_conversation import input_items, response_conversation, response_structured
@@ -32,7 +33,7 @@ from gateway.responses_protocol import UNSUPPORTED_RESPONSE_FIELDS, InputItem, R
 from gateway.responses_turn import Turn, draft_of
 from gateway.responses_upstream import remote_pieces, remote_whole, upstream_payload
 from gateway.routing import RemoteModel
-from gateway.streaming import SSE_HEADERS, Generation, open_generation
+from gateway.streaming import SSE_HEADERS, Generation, open_generation, run_until_disconnect
 from gateway.tool_calls import OutputEvent, ToolPlan, tool_plan
 
 router = APIRouter(prefix="/v1", tags=["responses"])
@@ -120,16 +121,22 @@ def _prepare(
         raise
 
 
-def _events(plan: ToolPlan | None) -> Callable[[str, bool], list[OutputEvent]]:
-    """A reader of the output (calls, reasoning), or plain text as content."""
-    reader = plan.new_reader() if plan is not None else None
+class _OutputReader:
+    """Reads the output as it arrives (calls, reasoning; without a plan, plain text as content) and counts
+    its reasoning tokens."""
 
-    def read(text: str, last: bool) -> list[OutputEvent]:
-        if reader is None:
-            return [ContentDelta(text)] if text else []
-        return reader.feed(text) + (reader.finish() if last else [])
+    def __init__(self, plan: ToolPlan | None) -> None:
+        self._reader = plan.new_reader() if plan is not None else None
+        self.reasoning_tokens = ReasoningTokens()
 
-    return read
+    def read(self, chunk: GenerationChunk) -> list[OutputEvent]:
+        last = chunk.finish_reason is not None
+        if self._reader is None:
+            events: list[OutputEvent] = [ContentDelta(chunk.text)] if chunk.text else []
+        else:
+            events = self._reader.feed(chunk.text) + (self._reader.finish() if last else [])
+        self.reasoning_tokens.add(events, len(chunk.token_ids))
+        return events
 
 
 async def _serve_local(
@@ -144,22 +151,31 @@ async def _serve_local(
     generation = await open_generation(
         call, model, lambda served: _prepare(body, served, conversation, request_id, structured)
     )
-    read = _events(tool_plan(conversation, generation.prompt, model.spec.tool_parser))
+    reader = _OutputReader(tool_plan(conversation, generation.prompt, model.spec.tool_parser))
     if body.stream:
-        return _streaming(turn.stream(_local_pieces(generation, read)))
+        return _streaming(turn.stream(_local_pieces(generation, reader)))
+    events: list[OutputEvent] = []
+    reason: str | None = None
+
+    async def consume() -> None:
+        nonlocal reason
+        async for _, chunk in generation.chunks():
+            events.extend(reader.read(chunk))
+            reason = chunk.finish_reason.value if chunk.finish_reason is not None else reason
+
     async with generation:
-        (result,) = await generation.collect(call.request)
-    return await turn.whole(Piece(read(result.text, True), result.finish_reason, generation.usage()))
+        await run_until_disconnect(call.request, consume())
+    usage = generation.usage()
+    return await turn.whole(Piece(events, reason, usage, reader.reasoning_tokens.count))
 
 
-async def _local_pieces(
-    generation: Generation, read: Callable[[str, bool], list[OutputEvent]]
-) -> AsyncIterator[Piece]:
+async def _local_pieces(generation: Generation, reader: _OutputReader) -> AsyncIterator[Piece]:
     async with generation:
         async for _, chunk in generation.chunks():
             reason = chunk.finish_reason.value if chunk.finish_reason is not None else None
-            yield Piece(read(chunk.text, reason is not None), reason)
-    yield Piece([], usage=generation.usage())  # complete once the generation has ended
+            yield Piece(reader.read(chunk), reason)
+    # complete once the generation has ended
+    yield Piece([], usage=generation.usage(), reasoning_tokens=reader.reasoning_tokens.count)
 
 
 async def _serve_remote(
