@@ -1,7 +1,8 @@
-"""`python -m bench.cold_start`: from `tandem serve` (as `make serve` runs it, no config file: the built-in
-demo model, already in the cache) to the first streamed token of a chat completion, per profile, next to
-llama.cpp's C++ llama-server and llama-cpp-python's server starting on the same GGUF file. With --make,
-tandem is started by `make serve` itself in this checkout (its config/tandem.yaml: the same demo model).
+"""`tandem bench cold-start` (or `python -m bench.cold_start`): from `tandem serve` (as `make serve` runs it,
+no config file: the built-in demo model, already in the cache) to the first streamed token of a chat
+completion, per profile, next to llama.cpp's C++ llama-server and llama-cpp-python's server starting on
+the same GGUF file. With --make, tandem is started by `make serve` itself in this checkout (its
+config/tandem.yaml: the same demo model).
 
 Each run starts a fresh server process in an empty directory with a free port, sends the chat request as
 soon as /health answers (llama-cpp-python's server has none: /v1/models; a model that is not preloaded
@@ -64,7 +65,7 @@ class Start:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.cold_start", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="tandem bench cold-start", description=__doc__.splitlines()[0])
     p.add_argument("--profiles", nargs="+", choices=["dev", "prod"], default=["dev", "prod"])
     p.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS), help="none: tandem alone")
     p.add_argument("--repeats", type=int, default=3)
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"{name:<26}{healthy:>10.2f}{first:>16.2f}   {every}\n")
     if args.json is not None:
         record = {
-            "environment": describe_environment(argv, command="python -m bench.cold_start", with_torch=False),
+            "environment": describe_environment(argv, command="tandem bench cold-start", with_torch=False),
             "model": str(model),
             "started_by": how,
             "config": served,

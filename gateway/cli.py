@@ -100,6 +100,7 @@ BENCHMARKS = {
     "gateway": "the front door's overhead per request, next to LiteLLM's proxy",
     "serve": "concurrent streaming chats on the dev profile, next to llama_cpp.server and llama-server",
     "lora": "the paged engine's offline throughput with 1, 4 and 16 LoRA adapters per batch vs the base",
+    "cold-start": "`tandem serve` to the first token, next to llama-server and llama-cpp-python's server",
 }
 
 
@@ -116,6 +117,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from bench.lora_throughput import main as lora
 
         return lora(args.bench_args)
+    if args.bench_kind == "cold-start":
+        from bench.cold_start import main as cold_start
+
+        return cold_start(args.bench_args)
     from bench.gateway_overhead import main as gateway
 
     return gateway(args.bench_args)
