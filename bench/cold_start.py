@@ -38,7 +38,12 @@ import httpx
 
 from bench.environment import describe_environment
 from bench.gateway_servers import free_port
-from bench.serve_peers import default_llama_server, llama_server_missing
+from bench.serve_peers import (
+    default_llama_server,
+    llama_cpp_python_command,
+    llama_server_command,
+    llama_server_missing,
+)
 
 # the demo config's system prompt, sent by the request so that every server renders the same prompt
 MESSAGES = [{"role": "system", "content": "You are concise."},
@@ -93,19 +98,14 @@ def tandem_start(profile: str, config: Path | None, make: bool, port: int, home:
 
 
 def peer_start(name: str, model: Path, port: int) -> Start:
-    threads = str(THREADS)
     if name == "llama-server":
         binary = default_llama_server()
         if not binary.is_file():
             raise FileNotFoundError(llama_server_missing(binary))
-        argv = [str(binary), "-m", str(model), "-c", str(SLOTS * CONTEXT), "-np", str(SLOTS), "-t", threads,
-                "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    else:
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "default",
-                "--n_ctx", str(CONTEXT), "--n_threads", threads, "--n_threads_batch", threads,
-                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-        return Start(name, argv, _clean_env(), "/v1/models")  # it has no /health; it listens once loaded
-    return Start(name, argv, _clean_env())
+        argv = llama_server_command(binary, model, "default", SLOTS, CONTEXT, THREADS, port)
+        return Start(name, argv, _clean_env())
+    argv = llama_cpp_python_command(model, "default", CONTEXT, THREADS, port)
+    return Start(name, argv, _clean_env(), "/v1/models")  # it has no /health; it listens once loaded
 
 
 def _first_token(client: httpx.Client, url: str, deadline: float) -> float:

@@ -99,13 +99,26 @@ def start_tandem(settings: ServeSettings, slots: int) -> RunningPeer:
     )
 
 
+def llama_cpp_python_command(model: Path, alias: str, context: int, threads: int, port: int) -> list[str]:
+    """`python -m llama_cpp.server` on `model` (one Llama of `context` cells; the `bench` extra)."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
+            "--n_ctx", str(context), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
+def llama_server_command(
+    binary: Path, model: Path, alias: str, slots: int, context: int, threads: int, port: int
+) -> list[str]:
+    """llama-server on `model`: `slots` sequences (-np) of `context` cells each."""
+    return [str(binary), "-m", str(model), "-a", alias, "-c", str(context * slots), "-np", str(slots),
+            "-t", str(threads), "-tb", str(threads), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
 def start_llama_cpp_python(settings: ServeSettings, slots: int) -> RunningPeer:
     del slots  # serial: one Llama behind a lock, whatever the concurrency
     port = free_port()
-    threads = str(settings.threads)
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(settings.model_path),
-               "--model_alias", MODEL, "--n_ctx", str(settings.context_per_stream), "--n_threads", threads,
-               "--n_threads_batch", threads, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = llama_cpp_python_command(settings.model_path, MODEL, settings.context_per_stream,
+                                       settings.threads, port)  # fmt: skip
     server = start_server("llama-cpp-python-server", command, base_env(), settings.workdir, port, None)
     wait_ready(server, "/v1/models")
     describe = {
@@ -124,10 +137,8 @@ def start_llama_server(settings: ServeSettings, slots: int) -> RunningPeer:
     if not binary.is_file():
         raise FileNotFoundError(llama_server_missing(binary))
     port = free_port()
-    threads = str(settings.threads)
-    cells = str(settings.context_per_stream * slots)
-    command = [str(binary), "-m", str(settings.model_path), "-a", MODEL, "-c", cells, "-np", str(slots),
-               "-t", threads, "-tb", threads, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = llama_server_command(binary, settings.model_path, MODEL, slots, settings.context_per_stream,
+                                   settings.threads, port)  # fmt: skip
     server = start_server("llama-server", command, base_env(), settings.workdir, port, None)
     wait_ready(server, "/health")
     describe = {

@@ -55,6 +55,12 @@ def upstream_usage(data: dict[str, Any]) -> Usage | None:
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))  # fmt: skip
 
 
+def upstream_reasoning_tokens(data: dict[str, Any]) -> int:
+    """The reasoning tokens an OpenAI-compatible upstream counted in its completion tokens (0: none said)."""
+    details = (data.get("usage") or {}).get("completion_tokens_details") or {}
+    return int(details.get("reasoning_tokens") or 0)
+
+
 def token_counts(usage: Usage | None) -> tuple[int, int]:
     """(prompt, completion) tokens, as limits and usage records settle them; (0, 0) when none came."""
     return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)

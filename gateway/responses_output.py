@@ -42,6 +42,16 @@ class Piece:
     usage: Usage | None = None
     reasoning_tokens: int = 0  # of usage's completion tokens (gateway.reasoning_tokens), on the last piece
 
+    @staticmethod
+    def joined(pieces: list[Piece]) -> Piece:
+        """A whole output from its pieces: every event, the last reason, usage and count that came."""
+        return Piece(
+            [event for piece in pieces for event in piece.events],
+            next((p.finish_reason for p in reversed(pieces) if p.finish_reason is not None), None),
+            next((p.usage for p in reversed(pieces) if p.usage is not None), None),
+            next((p.reasoning_tokens for p in reversed(pieces) if p.reasoning_tokens), 0),
+        )
+
 
 def item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"

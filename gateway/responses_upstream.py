@@ -15,7 +15,14 @@ from backends.template_inputs import template_tools
 from backends.tools.events import ContentDelta, ToolCallArguments, ToolCallBegin
 from gateway.deps import CallContext
 from gateway.openai_protocol import Usage
-from gateway.remote_serving import admit_remote, open_stream, release_stream, token_counts, upstream_usage
+from gateway.remote_serving import (
+    admit_remote,
+    open_stream,
+    release_stream,
+    token_counts,
+    upstream_reasoning_tokens,
+    upstream_usage,
+)
 from gateway.responses_output import Piece
 from gateway.responses_protocol import ResponseRequest, TextFormatJSONObject, TextFormatJSONSchema
 from gateway.routing import RemoteModel
@@ -69,12 +76,6 @@ class _Calls:
             if function.get("arguments"):
                 events.append(ToolCallArguments(index, function["arguments"]))
         return events
-
-
-def upstream_reasoning_tokens(data: dict[str, Any]) -> int:
-    """The reasoning tokens an OpenAI-compatible upstream counted in its completion tokens (0: none said)."""
-    details = (data.get("usage") or {}).get("completion_tokens_details") or {}
-    return int(details.get("reasoning_tokens") or 0)
 
 
 async def remote_whole(

@@ -90,6 +90,19 @@ def test_non_streaming_disconnect_aborts(small_queue_server):
     assert int(aborted.group(1)) < long["max_tokens"]
 
 
+def test_a_non_streamed_response_whose_client_leaves_is_aborted(small_queue_server):
+    """/v1/responses without stream reads its output as the stream does; a client that goes away still
+    ends the generation (greedy on the tiny model: it writes thousands of tokens before any end)."""
+    server, long = small_queue_server.server, small_queue_server.long
+    body = {"model": "tiny", "input": "Go on", "max_output_tokens": long["max_tokens"], "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.v1}/responses", json=body, headers={"x-request-id": "left"}, timeout=1.5)
+    aborted = wait_for_log(server, r"request left-0 aborted after (\d+) tokens")
+    assert int(aborted.group(1)) < long["max_tokens"]
+    follow_up = server.openai().responses.create(model="tiny", input="Next", max_output_tokens=4)
+    assert follow_up.usage.output_tokens == 4
+
+
 def test_full_queue_answers_503_with_retry_after(small_queue_server):
     server, long = small_queue_server.server, small_queue_server.long
     with (

@@ -44,7 +44,7 @@ def test_harmony_analysis_is_reasoning_the_final_channel_is_not():
 
 
 def test_a_remote_upstreams_count_is_passed_on():
-    from gateway.responses_upstream import upstream_reasoning_tokens
+    from gateway.remote_serving import upstream_reasoning_tokens
 
     usage = {"completion_tokens": 30, "completion_tokens_details": {"reasoning_tokens": 21}}
     assert upstream_reasoning_tokens({"usage": usage}) == 21

@@ -9,7 +9,8 @@ written out as Responses items (gateway.responses_output).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -154,22 +155,18 @@ async def _serve_local(
     reader = _OutputReader(tool_plan(conversation, generation.prompt, model.spec.tool_parser))
     if body.stream:
         return _streaming(turn.stream(_local_pieces(generation, reader)))
-    events: list[OutputEvent] = []
-    reason: str | None = None
+    pieces: list[Piece] = []
 
-    async def consume() -> None:
-        nonlocal reason
-        async for _, chunk in generation.chunks():
-            events.extend(reader.read(chunk))
-            reason = chunk.finish_reason.value if chunk.finish_reason is not None else reason
+    async def consume() -> None:  # the stream's pieces, kept; a disconnect closes them (and the generation)
+        async with contextlib.aclosing(_local_pieces(generation, reader)) as stream:
+            async for piece in stream:
+                pieces.append(piece)
 
-    async with generation:
-        await run_until_disconnect(call.request, consume())
-    usage = generation.usage()
-    return await turn.whole(Piece(events, reason, usage, reader.reasoning_tokens.count))
+    await run_until_disconnect(call.request, consume())
+    return await turn.whole(Piece.joined(pieces))
 
 
-async def _local_pieces(generation: Generation, reader: _OutputReader) -> AsyncIterator[Piece]:
+async def _local_pieces(generation: Generation, reader: _OutputReader) -> AsyncGenerator[Piece, None]:
     async with generation:
         async for _, chunk in generation.chunks():
             reason = chunk.finish_reason.value if chunk.finish_reason is not None else None
